@@ -132,12 +132,17 @@ class Bms:
         return ok
 
     def _fail_safe(self, e):
-        self.fets.off()
-        self.bal.mask = 0
+        # Nothing here may depend on the state that just failed: FETs first.
         try:
             self.afe.set_fets(False, False)
         except Exception:
             pass
+        try:
+            self.afe.set_balancing(0)
+        except Exception:
+            pass
+        self.fets.off()
+        self.valid = False
         self.tick_errors += 1
         self.last_error = "%s: %s" % (type(e).__name__, e)
 
