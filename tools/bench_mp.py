@@ -1,0 +1,139 @@
+# Benchmarks that run inside the MicroPython interpreter; tools/bench.py
+# starts this and collects the one JSON line it prints.
+#   MICROPYPATH=firmware/lib:host_tests/logic:.frozen micropython tools/bench_mp.py [full|heap64k]
+import gc
+
+gc.collect()
+_BASE = gc.mem_alloc()  # before any firmware module is loaded
+
+import json
+import sys
+import time
+
+# Collect between imports, as main.py does, so loading leaves no garbage.
+from bms.app import Bms
+gc.collect()
+from bms.console import Console
+gc.collect()
+from bms.reader import UartReader
+from bms.drivers.adc_direct import AdcDirect, Channel, Linear
+from bms.ntc import Ntc
+gc.collect()
+from helpers import FakeAfe, FakeClock, saved_config, tmpdir
+gc.collect()
+
+N = 2000
+
+
+class ConstAdc:
+    """An ADC pin that returns a fixed voltage, so only the driver is measured."""
+
+    def __init__(self, uv):
+        self.uv = uv
+
+    def read_uv(self):
+        return self.uv
+
+
+class OutPin:
+    def __init__(self):
+        self.v = 0
+
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        self.v = v
+
+
+class NullUart:
+    def any(self):
+        return 0
+
+    def write(self, s):
+        return len(s)
+
+
+def adc_board():
+    taps = [(Channel(ConstAdc(1650000), 16, True), Linear(2.0 * (i + 1))) for i in range(4)]
+    cur = (Channel(ConstAdc(1300000), 16, True), Linear(100, -125000))
+    ntcs = [(Channel(ConstAdc(1650000), 16, True), Ntc())]
+    board = (Channel(ConstAdc(1500000), 16, True), Ntc())
+    return AdcDirect(taps, cur, ntcs, board, OutPin(), OutPin(), None, [OutPin() for _ in range(4)])
+
+
+def make(afe, cells):
+    clock = FakeClock()
+    cfg_path = saved_config(tmpdir(), cells=cells)
+    bms = Bms(afe, cfg_path, "bench", clock=clock)
+    bms.clock = clock
+    return bms
+
+
+def fake(cells):
+    afe = FakeAfe(cells=cells, temps=4)
+    afe.cells_mv = [3300 + 3 * i for i in range(cells)]
+    afe.current_ma = 8000
+    return afe
+
+
+def ticks(bms, n):
+    c = bms.clock
+    for _ in range(n):
+        c.now += 100
+        bms.tick()
+
+
+def measure(bms):
+    ticks(bms, 100)  # past start-up (first SOC estimate allocates once)
+    gc.collect()
+    gc.disable()
+    a = gc.mem_alloc()
+    t0 = time.ticks_us()
+    ticks(bms, N)
+    dt = time.ticks_diff(time.ticks_us(), t0)
+    b = gc.mem_alloc()
+    gc.enable()
+    assert bms.tick_errors == 0, bms.last_error
+    assert bms.valid
+    return (b - a) / N, dt / N
+
+
+def full():
+    r = {}
+    for name, afe, cells in (("4s", fake(4), 4), ("16s", fake(16), 16), ("adc_direct_4s", adc_board(), 4)):
+        bms = make(afe, cells)
+        alloc, us = measure(bms)
+        r["bytes_per_tick_" + name] = alloc
+        r["us_per_tick_" + name] = round(us, 1)
+    # Heap in use after start-up: loaded modules plus what main.py creates.
+    gc.collect()
+    base = gc.mem_alloc()
+    bms = make(adc_board(), 4)
+    con = Console(bms, NullUart().write)
+    UartReader(NullUart(), con)
+    ticks(bms, 10)
+    gc.collect()
+    r["heap_objects_after_startup_bytes"] = gc.mem_alloc() - base
+    r["heap_modules_and_objects_bytes"] = gc.mem_alloc() - _BASE
+    return r
+
+
+def heap64k():
+    # The whole firmware on a 64 KiB heap: ticks plus console traffic.
+    bms = make(adc_board(), 4)
+    out = []
+    con = Console(bms, lambda s: out.append(len(s)))
+    low = gc.mem_free()
+    for i in range(50):
+        ticks(bms, 200)
+        con.feed(b"status --json\n")
+        con.feed(b"faults\n")
+        con.feed(b"config get --json\n")
+        out.clear()
+        low = min(low, gc.mem_free())
+    return {"heap64k_ok": bms.tick_errors == 0 and bms.valid, "heap64k_ticks": bms.ticks,
+            "heap64k_min_free_bytes": low}
+
+
+mode = sys.argv[1] if len(sys.argv) > 1 else "full"
+print(json.dumps(full() if mode == "full" else heap64k()))
