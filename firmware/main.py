@@ -1,5 +1,8 @@
 # Entry point on the board: build the board, start the protection tick, then
-# serve the console. FETs are off from boot.py until the first valid tick.
+# serve the console. The FET pins are created at their off level first, and
+# stay off until the first complete valid measurement.
+import gc
+
 import machine
 import micropython
 
@@ -8,22 +11,27 @@ from bms.app import Bms
 from bms.console import Console
 from bms.reader import UartReader
 
+_CAUSES = {getattr(machine, n, -1): n for n in ("PWRON_RESET", "HARD_RESET", "WDT_RESET", "DEEPSLEEP_RESET", "SOFT_RESET")}
 
-def main(board_path="/board.json", config_path="/config.json"):
+
+def setup(board_path="/board.json", config_path="/config.json"):
+    """Build everything and start the tick; returns (bms, reader)."""
     if hasattr(micropython, "alloc_emergency_exception_buf"):
         micropython.alloc_emergency_exception_buf(100)
     b = board.load(board_path)
-    afe = board.build_afe(b)  # pins created at their off level
+    afe = board.build_afe(b)  # FETs off from here on
     uart = board.console_uart(b)
-    wdt = board.watchdog(b)
-    bms = Bms(afe, config_path, b.get("name", ""), wdt, machine.reset)
+    bms = Bms(afe, config_path, b.get("name", ""), board.watchdog(b), machine.reset)
     console = Console(bms, uart.write)
     reader = UartReader(uart, console)
-    cause = machine.reset_cause()
-    if cause == machine.WDT_RESET:
-        console.out("openbms: started after a watchdog reset")
+    gc.collect()
     bms.start(board.timer())
-    console.out("openbms ready ('help' for commands)")
+    console.out("openbms ready after %s ('help' for commands)" % _CAUSES.get(machine.reset_cause(), "reset"))
+    return bms, reader
+
+
+def main(board_path="/board.json", config_path="/config.json"):
+    bms, reader = setup(board_path, config_path)
     while True:
         reader.poll()
         machine.idle()
