@@ -1,6 +1,6 @@
 # Benchmarks that run inside the MicroPython interpreter; tools/bench.py
 # starts this and collects the one JSON line it prints.
-#   MICROPYPATH=firmware/lib:host_tests/logic:.frozen micropython tools/bench_mp.py [full|heap64k]
+#   MICROPYPATH=firmware/lib:host_tests/logic:.frozen micropython tools/bench_mp.py
 import gc
 
 gc.collect()
@@ -118,22 +118,4 @@ def full():
     return r
 
 
-def heap64k():
-    # The whole firmware on a 64 KiB heap: ticks plus console traffic.
-    bms = make(adc_board(), 4)
-    out = []
-    con = Console(bms, lambda s: out.append(len(s)))
-    low = gc.mem_free()
-    for i in range(50):
-        ticks(bms, 200)
-        con.feed(b"status --json\n")
-        con.feed(b"faults\n")
-        con.feed(b"config get --json\n")
-        out.clear()
-        low = min(low, gc.mem_free())
-    return {"heap64k_ok": bms.tick_errors == 0 and bms.valid, "heap64k_ticks": bms.ticks,
-            "heap64k_min_free_bytes": low}
-
-
-mode = sys.argv[1] if len(sys.argv) > 1 else "full"
-print(json.dumps(full() if mode == "full" else heap64k()))
+print(json.dumps(full()))
