@@ -4,7 +4,7 @@ Run from the repository root, under MicroPython:
 
     MICROPYPATH=tools/sim:firmware/lib:.frozen micropython tools/sim/run.py \
         [--board boards/esp32_adc_4s.json] [--cells-mv 3300,3310,3290,3305] \
-        [--main firmware/main.py]
+        [--main firmware/main.py] [--config FILE]
 
 The console UART is the terminal: a line typed on stdin goes to the
 firmware's UART, bytes the firmware writes to it go to stdout. Lines that
@@ -12,6 +12,8 @@ start with "sim " drive the simulated hardware instead (type "sim help").
 The firmware runs exactly as on the board: main(board_path) from
 firmware/main.py, which never returns. A watchdog or machine.reset() restarts
 it (fresh modules, peripherals reset, pack unchanged); Ctrl-C ends the run.
+--config FILE is passed to main() as its second argument (the config file
+path); without it main() uses its own default.
 """
 
 import sys
@@ -31,13 +33,13 @@ HELP = """sim commands:
 
 
 def _parse_args(argv):
-    opts = {"board": "boards/esp32_adc_4s.json", "cells": None, "main": "firmware/main.py"}
-    names = {"--board": "board", "--cells-mv": "cells", "--main": "main"}
+    opts = {"board": "boards/esp32_adc_4s.json", "cells": None, "main": "firmware/main.py", "config": None}
+    names = {"--board": "board", "--cells-mv": "cells", "--main": "main", "--config": "config"}
     i = 0
     while i < len(argv):
         key = names.get(argv[i])
         if key is None or i + 1 >= len(argv):
-            print("usage: run.py [--board FILE] [--cells-mv MV,MV,...] [--main FILE]")
+            print("usage: run.py [--board FILE] [--cells-mv MV,MV,...] [--main FILE] [--config FILE]")
             sys.exit(2)
         opts[key] = argv[i + 1]
         i += 2
@@ -163,7 +165,10 @@ def run(opts):
     while True:
         try:
             entry = _load_entry(opts["main"])
-            entry.main(opts["board"])
+            if opts["config"]:
+                entry.main(opts["board"], opts["config"])
+            else:
+                entry.main(opts["board"])
             term.flush()
             print("*** main() returned")
             sys.exit(1)
