@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 MPY     := $(BIN)/micropython
 BOARD   ?= esp32_adc_4s
-MPPATH  := firmware/lib:tools/sim:host_tests/logic:.frozen
+MPPATH  := firmware/lib:firmware:tools/sim:host_tests/logic:.frozen
 
 .PHONY: help venv test test-cpython test-micropython sim bench clean
 
@@ -32,7 +32,8 @@ test-micropython: venv
 	MICROPYPATH=$(MPPATH) $(MPY) host_tests/mp_run.py
 
 sim: venv
-	MICROPYPATH=firmware/lib:tools/sim:.frozen $(MPY) tools/sim/run.py --board boards/$(BOARD).json
+	$(BIN)/python tools/make_config.py --board boards/$(BOARD).json --chemistry lfp --out sim-fs/config.json --keep
+	MICROPYPATH=firmware/lib:tools/sim:.frozen $(MPY) tools/sim/run.py --board boards/$(BOARD).json --config sim-fs/config.json
 
 bench: venv
 	$(BIN)/python tools/bench.py

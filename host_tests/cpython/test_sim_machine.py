@@ -2,7 +2,7 @@
 
 Expected values are worked out by hand from boards/esp32_adc_4s.json:
 taps scale 2/4/6/8, current zero 1250 mV at 100 mA/mV, NTC beta 3950,
-r0 = pullup = 10 kOhm, vref 3300 mV, FETs chg=16 dsg=17 active high,
+r0 = pullup = 10 kOhm, NTC divider supply 2500 mV, FETs chg=16 dsg=17 active high,
 alert on 27 active low.
 """
 
@@ -153,7 +153,7 @@ def test_active_low_fets(world):
 
 def test_ntc_at_25c_is_half_vref(world):
     for pin in (39, 25):  # pack NTC and board NTC; r0 == pullup
-        assert machine.ADC(pin, atten=machine.ADC.ATTN_11DB).read_uv() == 1650000
+        assert machine.ADC(pin, atten=machine.ADC.ATTN_11DB).read_uv() == 1250000
 
 
 def test_ntc_beta_equation(world):
@@ -161,15 +161,15 @@ def test_ntc_beta_equation(world):
     world.set_board_temp(60.0)
     for t, pin in ((0.0, 39), (60.0, 25)):
         r = 10000 * math.exp(3950 * (1 / (t + 273.15) - 1 / 298.15))
-        assert world.pin_mv(pin) == pytest.approx(3300 * r / (r + 10000))
-    assert 2540 < world.pin_mv(39) < 2546  # cold: R about 33.6 k
-    assert 650 < world.pin_mv(25) < 665  # hot: R about 2.5 k
+        assert world.pin_mv(pin) == pytest.approx(2500 * r / (r + 10000))
+    assert 1924 < world.pin_mv(39) < 1930  # cold: R about 33.6 k
+    assert 490 < world.pin_mv(25) < 505  # hot: R about 2.5 k
 
 
 def test_ntc_open_and_short(world):
     adc = machine.ADC(39, atten=machine.ADC.ATTN_11DB)
     world.ntc_open[0] = True
-    assert world.pin_mv(39) == 3300 and adc.read_uv() == 2450000  # pin at vref, ADC saturates
+    assert world.pin_mv(39) == 2500 and adc.read_uv() == 2450000  # pin at its supply, ADC saturates
     world.ntc_open[0] = False
     world.ntc_short[0] = True
     assert adc.read_uv() == 0

@@ -152,5 +152,5 @@ def test_config_for_more_cells_than_the_board_has_is_a_config_fault():
     bms.clock = clock
     run(bms, 5)
     assert "config" in bms.prot.names(bms.prot.active)
-    assert "at most 4" in bms.config_problem
+    assert bms.config_problem == "cells=8 out of range 1..4 (this board)"
     assert not afe.chg and not afe.dsg

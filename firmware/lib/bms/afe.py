@@ -36,7 +36,8 @@ class Afe:
 
     Attributes a driver sets: max_cells, n_temps, has_board_temp,
     pack_measured (pack_mv is measured independently of the cells),
-    no_adjacent_balancing, has_precharge.
+    no_adjacent_balancing, has_precharge, current_max_ma (largest current it
+    can measure either way; 0 if unknown).
     """
 
     max_cells = 0
@@ -45,6 +46,7 @@ class Afe:
     pack_measured = False
     no_adjacent_balancing = False
     has_precharge = False
+    current_max_ma = 0
 
     def init(self, n_cells):
         """Configure the chip for n_cells populated cells; FETs off."""

@@ -40,9 +40,11 @@ class Bms:
             # No valid copy: run the safe defaults but hold both FETs open.
             self.config_problem = problem or "no config"
             cfg = config.defaults("lfp", min(4, afe.max_cells))
-        elif cfg["cells"] > afe.max_cells:
-            self.config_problem = "cells=%d but this board measures at most %d" % (cfg["cells"], afe.max_cells)
-            cfg = cfg.with_value("cells", str(afe.max_cells))
+        else:
+            why = self.board_problem(cfg, afe)
+            if why:
+                self.config_problem = why
+                cfg = config.defaults(cfg["chemistry"], min(cfg["cells"], afe.max_cells))
         self.m = Measurements(afe.max_cells, afe.n_temps)
         self.prot = Protection(build_table(cfg))
         self.fets = Fets(afe.has_precharge)
@@ -69,10 +71,24 @@ class Bms:
 
     # ---- configuration -------------------------------------------------------
 
+    @staticmethod
+    def board_problem(cfg, afe):
+        """Why cfg cannot protect a pack on this board, or ""."""
+        if cfg["cells"] > afe.max_cells:
+            return "cells=%d out of range 1..%d (this board)" % (cfg["cells"], afe.max_cells)
+        lim = afe.current_max_ma
+        if lim:
+            # A limit the sensor cannot reach would never trip.
+            for key in ("occ_ma", "ocd1_ma", "ocd2_ma"):
+                if cfg[key] >= lim:
+                    return "%s=%d beyond what this board measures (below %d)" % (key, cfg[key], lim)
+        return ""
+
     def apply_config(self, cfg):
         """Make cfg the running configuration (validated already). Raises ConfigError."""
-        if cfg["cells"] > self.afe.max_cells:
-            raise config.ConfigError("cells=%d out of range 1..%d (this board)" % (cfg["cells"], self.afe.max_cells))
+        why = self.board_problem(cfg, self.afe)
+        if why:
+            raise config.ConfigError(why)
         if cfg["cells"] != self.n_cells:
             self.afe.init(cfg["cells"])
         self.fets.configure(cfg)

@@ -17,12 +17,21 @@ def _off_pin(num, active_high):
     return Pin(num, Pin.OUT, value=0 if active_high else 1)
 
 
+# ESP32 ADC: attenuation (dB) -> (constant name, top of the usable range in uV)
+_ATTEN = {0: ("ATTN_0DB", 950000), 2: ("ATTN_2_5DB", 1250000), 6: ("ATTN_6DB", 1750000), 11: ("ATTN_11DB", 2450000)}
+
+
 def _adc(num, spec):
     adc = ADC(Pin(num))
     db = spec.get("atten_db")
-    if db is not None and hasattr(adc, "atten"):
-        adc.atten({0: ADC.ATTN_0DB, 2: ADC.ATTN_2_5DB, 6: ADC.ATTN_6DB, 11: ADC.ATTN_11DB}[db])
+    if db is not None:
+        adc.atten(getattr(ADC, _ATTEN[db][0]))
     return adc
+
+
+def _adc_max_uv(spec):
+    db = spec.get("atten_db")
+    return _ATTEN[db][1] if db is not None else spec.get("vref_uv", 3300000)
 
 
 def build_afe(b):
@@ -41,8 +50,10 @@ def _adc_direct(b):
     uv = a.get("read", "uv") == "uv"
     vref = a.get("vref_uv", 3300000)
 
+    top = _adc_max_uv(a)
+
     def ch(num):
-        return Channel(_adc(num, a), n, uv, vref)
+        return Channel(_adc(num, a), n, uv, vref, top)
 
     taps = [(ch(t["pin"]), Linear(t["scale"], t.get("offset_mv", 0))) for t in b["cell_taps"]]
     c = b["current"]
@@ -61,7 +72,7 @@ def _adc_direct(b):
     al = b.get("alert")
     alert_pin = Pin(al["pin"], Pin.IN) if al else None
     afe = AdcDirect(taps, current, ntcs, board_ntc, _off_pin(f["chg"], hi), _off_pin(f["dsg"], hi),
-                    pchg, bal, hi, alert_pin, al.get("active_low", True) if al else True)
+                    pchg, bal, hi, alert_pin, al.get("active_low", True) if al else True, c.get("max_ma", 0))
     if alert_pin is not None:
         trig = Pin.IRQ_FALLING if al.get("active_low", True) else Pin.IRQ_RISING
         try:

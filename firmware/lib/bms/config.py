@@ -215,12 +215,19 @@ class Config:
 
     def with_value(self, key, text):
         """A new Config with key set from its text form; raises ConfigError."""
-        if key != "chemistry" and key not in SCHEMA:
-            raise ConfigError("unknown key %s (see 'config get')" % key)
+        return self.with_values({key: text})
+
+    def with_values(self, changes):
+        """A new Config with several keys changed at once, validated together
+        (coupled limits such as ocd1 < ocd2 would fail one at a time)."""
         v = dict(self._v)
-        if key == "chemistry":
-            v[key] = text
-        else:
+        for key in changes:
+            text = changes[key]
+            if key == "chemistry":
+                v[key] = text
+                continue
+            if key not in SCHEMA:
+                raise ConfigError("unknown key %s (see 'config get')" % key)
             try:
                 v[key] = int(text)
             except ValueError:

@@ -40,14 +40,21 @@ class Linear:
 
 
 class Channel:
-    """One ADC input, oversampled, returning microvolts at the pin."""
+    """One ADC input, oversampled, returning microvolts at the pin.
 
-    def __init__(self, adc, oversample, read_uv, vref_uv=3300000):
+    A reading at the top of the ADC's range is not a voltage but "at least
+    this much": `saturated` says so, and the driver treats it as unknown.
+    """
+
+    def __init__(self, adc, oversample, read_uv, vref_uv=3300000, max_uv=None):
         self.adc = adc
         self.n = oversample
         self.read_uv = read_uv
         # read_u16 path: uV = raw * k >> 8; 65535 * k < 2**30 for vref <= 4.1 V.
         self.k = (vref_uv * 256 + 32767) // 65535
+        top = max_uv if max_uv is not None else vref_uv
+        self.sat_uv = top - top // 100
+        self.saturated = False
 
     def uv(self):
         adc = self.adc
@@ -55,15 +62,26 @@ class Channel:
         if self.read_uv:
             for _ in range(self.n):
                 s += adc.read_uv()
-            return s // self.n
-        for _ in range(self.n):
-            s += adc.read_u16()
-        return (s // self.n * self.k) >> 8
+            v = s // self.n
+        else:
+            for _ in range(self.n):
+                s += adc.read_u16()
+            v = (s // self.n * self.k) >> 8
+        self.saturated = v >= self.sat_uv
+        return v
+
+
+def _ntc_status(t, saturated):
+    # A pin pulled to the top of the ADC range is an open thermistor even if
+    # the range ends below the divider's supply.
+    if saturated or t == OPEN_DC:
+        return NTC_OPEN
+    return NTC_SHORT if t == SHORT_DC else NTC_OK
 
 
 class AdcDirect(Afe):
     def __init__(self, taps, current, ntcs, board_ntc, chg_pin, dsg_pin, pchg_pin=None,
-                 bal_pins=(), active_high=True, alert_pin=None, alert_active_low=True):
+                 bal_pins=(), active_high=True, alert_pin=None, alert_active_low=True, current_max_ma=0):
         """taps: [(Channel, Linear)] cumulative tap voltages in mV, lowest first.
         current: (Channel, Linear) giving mA, positive = charging.
         ntcs: [(Channel, Ntc)]; board_ntc: (Channel, Ntc) or None.
@@ -83,6 +101,7 @@ class AdcDirect(Afe):
         self.has_board_temp = board_ntc is not None
         self.has_precharge = pchg_pin is not None
         self.can_balance = len(bal_pins) > 0
+        self.current_max_ma = current_max_ma
         # Written by the hard IRQ, read by the tick: a preallocated byte.
         self._alert = bytearray(1)
         self._alert_pin = alert_pin
@@ -117,7 +136,9 @@ class AdcDirect(Afe):
         for i in range(n):
             ch, lin = self.taps[i]
             tap = lin.apply(ch.uv())
-            cells[i] = tap - prev
+            # A saturated tap hides the real voltage: report an impossible
+            # cell so the tick flags a sensor fault instead of trusting it.
+            cells[i] = 0 if ch.saturated else tap - prev
             prev = tap
         m.pack_mv = prev
         ch, lin = self.current
@@ -126,12 +147,12 @@ class AdcDirect(Afe):
             ch, ntc = self.ntcs[i]
             t = ntc.convert(ch.uv() // 1000)
             m.temps_dc[i] = t
-            m.temp_status[i] = NTC_OPEN if t == OPEN_DC else (NTC_SHORT if t == SHORT_DC else NTC_OK)
+            m.temp_status[i] = _ntc_status(t, ch.saturated)
         if self.board_ntc is not None:
             ch, ntc = self.board_ntc
             t = ntc.convert(ch.uv() // 1000)
             m.board_dc = t
-            m.board_status = NTC_OPEN if t == OPEN_DC else (NTC_SHORT if t == SHORT_DC else NTC_OK)
+            m.board_status = _ntc_status(t, ch.saturated)
         m.hw_faults = HW_SCD if self._alert[0] else 0
         return True
 

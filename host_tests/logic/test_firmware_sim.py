@@ -1,0 +1,152 @@
+# The real firmware (main.setup, board.py, the direct-ADC driver, Timer, WDT,
+# UART) on the simulated esp32_adc_4s board: the hardware is modelled by
+# tools/sim from the board's circuit, not from the driver.
+import json
+
+import machine
+import simworld
+
+from helpers import tmpdir
+
+BOARD = "boards/esp32_adc_4s.json"
+
+
+def _boot(cells=(3300, 3310, 3290, 3305), **cfg_changes):
+    from bms import config
+    import main
+
+    world = simworld.SimWorld.from_file(BOARD)
+    for i, mv in enumerate(cells):
+        world.set_cell(i + 1, mv)
+    machine.attach(world)
+    b = simworld.load_board(BOARD)
+    cfg = config.defaults("lfp", 4).with_values(b["config"])
+    if cfg_changes:
+        cfg = cfg.with_values(cfg_changes)
+    path = tmpdir() + "/config.json"
+    config.save(cfg, path)
+    bms, reader = main.setup(BOARD, path)
+    # Count uptime on the virtual clock (the firmware's own is the host's).
+    bms._clock = world.ticks_ms
+    bms._last_ms = world.ticks_ms()
+    world.uart_take()
+    return world, bms, reader
+
+
+def _step(world, reader, ms):
+    for _ in range(ms // 10):
+        world.advance(10)
+        reader.poll()
+
+
+def _console(world, reader, line):
+    world.uart_feed(line + "\n")
+    reader.poll()
+    return world.uart_take().decode().split("\r\n")[:-1]
+
+
+def test_boot_with_fets_off_then_on_after_first_valid_tick():
+    world, bms, reader = _boot()
+    assert not world.fet_on("chg") and not world.fet_on("dsg")
+    _step(world, reader, 50)
+    assert not world.fet_on("chg")  # no tick yet
+    _step(world, reader, 100)
+    assert world.fet_on("chg") and world.fet_on("dsg")
+
+
+def test_status_json_over_the_uart_reads_the_simulated_pack():
+    world, bms, reader = _boot()
+    world.set_current(-20000)
+    world.set_temp(0, 31.0)
+    _step(world, reader, 500)
+    lines = _console(world, reader, "status --json")
+    assert len(lines) == 1
+    s = json.loads(lines[0])
+    assert s["state"] == "normal"
+    for got, want in zip(s["cells_mv"], (3300, 3310, 3290, 3305)):
+        assert abs(got - want) <= 3, s["cells_mv"]
+    assert abs(s["current_ma"] + 20000) <= 150
+    assert abs(s["temps_c"][0] - 31.0) <= 0.5
+    assert s["chg"] and s["dsg"]
+
+
+def test_overvoltage_opens_chg_within_one_tick_of_its_delay():
+    world, bms, reader = _boot()
+    _step(world, reader, 300)
+    world.set_cell(3, 3700)
+    t0 = world.now_ms
+    while world.fet_on("chg"):
+        _step(world, reader, 10)
+        assert world.now_ms - t0 < 3000
+    took = world.now_ms - t0
+    assert 1000 <= took <= 1100 + 100, took  # 1 s delay, one tick late at most (+ tick phase)
+    assert world.fet_on("dsg")
+
+
+def test_short_circuit_alert_opens_fets_before_the_next_tick():
+    world, bms, reader = _boot()
+    _step(world, reader, 300)
+    assert world.fet_on("dsg")
+    world.raise_alert()
+    # The pin interrupt itself opened them: no time has passed.
+    assert not world.fet_on("chg") and not world.fet_on("dsg")
+    _step(world, reader, 200)
+    assert "scd" in bms.prot.names(bms.prot.active)
+    world.release_alert()
+    _step(world, reader, 2000)
+    assert not world.fet_on("dsg")  # latched
+    assert _console(world, reader, "clear") == ["ok released 1 latched fault"]
+    _step(world, reader, 200)
+    assert world.fet_on("dsg") and world.fet_on("chg")
+
+
+def test_clear_while_the_short_is_still_there_keeps_fets_off():
+    world, bms, reader = _boot()
+    _step(world, reader, 300)
+    world.raise_alert()
+    _step(world, reader, 200)
+    _console(world, reader, "clear")
+    _step(world, reader, 500)
+    assert not world.fet_on("dsg") and not world.fet_on("chg")
+
+
+def test_open_thermistor_opens_both_fets():
+    world, bms, reader = _boot()
+    _step(world, reader, 300)
+    world.ntc_open[0] = True
+    _step(world, reader, 800)
+    assert "sensor" in bms.prot.names(bms.prot.active)
+    assert not world.fet_on("chg") and not world.fet_on("dsg")
+
+
+def test_overcurrent_level2_at_the_sensor_limit():
+    world, bms, reader = _boot()
+    _step(world, reader, 300)
+    world.set_current(-105000)  # above ocd2 (100 A), inside the sensor's range
+    _step(world, reader, 400)
+    assert "ocd2" in bms.prot.names(bms.prot.active)
+    assert not world.fet_on("dsg") and world.fet_on("chg")
+    assert world.flowing_ma() == 0
+
+
+def test_stopped_tick_lets_the_watchdog_reset_the_board():
+    world, bms, reader = _boot()
+    _step(world, reader, 10000)  # fed while ticking: no reset
+    bms.timer.deinit()  # a hung protection loop
+    try:
+        _step(world, reader, 5000)
+        reset = False
+    except simworld.WatchdogReset:
+        reset = True
+    assert reset
+    world.board_reset(machine.WDT_RESET)
+    # After the reset every pin is back to its power-on state: FETs off.
+    assert not world.fet_on("chg") and not world.fet_on("dsg")
+
+
+def test_config_limit_beyond_the_current_sensor_is_refused():
+    world, bms, reader = _boot()
+    _step(world, reader, 200)
+    out = _console(world, reader, "config set ocd2_ma 150000")
+    assert out == ["error: ocd2_ma=150000 beyond what this board measures (below 110000)"]
+    assert bms.cfg["ocd2_ma"] == 100000
