@@ -36,3 +36,16 @@ def test_firmware_uses_no_cpython_only_modules():
             if "time.monotonic" in s:
                 hits.append("%s:%d %s" % (f, n, s))
     assert not hits, hits
+
+
+def test_only_the_board_module_imports_machine():
+    # Logic and drivers take their bus and pin objects as arguments.
+    hits = []
+    for f in glob.glob(os.path.join(ROOT, "firmware", "lib", "**", "*.py"), recursive=True):
+        if os.path.basename(f) == "board.py":
+            continue
+        for n, line in enumerate(open(f), 1):
+            s = line.strip()
+            if s.startswith("import machine") or s.startswith("from machine"):
+                hits.append("%s:%d" % (os.path.relpath(f, ROOT), n))
+    assert not hits, hits

@@ -76,7 +76,6 @@ class FakeAfe(Afe):
         for i in range(self.n_temps):
             m.temps_dc[i] = int(round(self.temps_c[i] * 10))
             m.temp_status[i] = self.temp_status[i]
-        m.has_board_temp = self.has_board_temp
         m.board_dc = int(round(self.board_c * 10))
         m.hw_faults = self.hw_faults
         return True

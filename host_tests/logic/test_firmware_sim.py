@@ -150,3 +150,29 @@ def test_config_limit_beyond_the_current_sensor_is_refused():
     out = _console(world, reader, "config set ocd2_ma 150000")
     assert out == ["error: ocd2_ma=150000 beyond what this board measures (below 110000)"]
     assert bms.cfg["ocd2_ma"] == 100000
+
+
+def test_hot_board_opens_both_fets_and_recovers_below_hysteresis():
+    world, bms, reader = _boot()
+    _step(world, reader, 300)
+    s = json.loads(_console(world, reader, "status --json")[0])
+    assert abs(s["board_c"] - 25.0) <= 0.5
+    world.set_board_temp(82.0)
+    _step(world, reader, 2500)
+    assert "ot_board" in bms.prot.names(bms.prot.active)
+    assert not world.fet_on("chg") and not world.fet_on("dsg")
+    world.set_board_temp(76.0)  # below the trip, not below trip - 5 degC
+    _step(world, reader, 8000)
+    assert not world.fet_on("dsg")
+    world.set_board_temp(70.0)
+    _step(world, reader, 5500)
+    assert world.fet_on("chg") and world.fet_on("dsg")
+
+
+def test_changing_the_tick_period_restarts_the_timer():
+    world, bms, reader = _boot()
+    _step(world, reader, 1000)
+    n = bms.ticks
+    assert _console(world, reader, "config set tick_ms 200")[0].startswith("ok")
+    _step(world, reader, 2000)
+    assert 9 <= bms.ticks - n <= 11

@@ -17,7 +17,7 @@ HW_UV = const(8)
 
 
 class Measurements:
-    def __init__(self, n_cells, n_temps):
+    def __init__(self, n_cells, n_temps, has_board_temp=False):
         self.n_cells = n_cells
         self.cells_mv = array("i", [0] * n_cells)
         self.pack_mv = 0
@@ -25,7 +25,7 @@ class Measurements:
         self.n_temps = n_temps
         self.temps_dc = array("i", [0] * n_temps)  # 0.1 degC per cell sensor
         self.temp_status = bytearray(n_temps)
-        self.has_board_temp = False
+        self.has_board_temp = has_board_temp
         self.board_dc = 0
         self.board_status = NTC_OK
         self.hw_faults = 0

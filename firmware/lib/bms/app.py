@@ -45,13 +45,14 @@ class Bms:
             if why:
                 self.config_problem = why
                 cfg = config.defaults(cfg["chemistry"], min(cfg["cells"], afe.max_cells))
-        self.m = Measurements(afe.max_cells, afe.n_temps)
+        self.m = Measurements(afe.max_cells, afe.n_temps, afe.has_board_temp)
         self.prot = Protection(build_table(cfg))
         self.fets = Fets(afe.has_precharge)
         self.bal = Balancer(cfg["cells"], getattr(afe, "can_balance", False), afe.no_adjacent_balancing)
         self.soc = Soc(cfg["capacity_mah"])
         self.soc_known = False
         self.cfg = None
+        self.timer = None
         self.n_cells = 0
         self.apply_config(cfg)
         self.valid = False  # the last tick had a complete plausible reading
@@ -67,7 +68,6 @@ class Bms:
         self._pending = False
         self._tick_cb = self._scheduled_tick  # bound once: the timer path must not allocate
         self._timer_cb = self._on_timer
-        self.timer = None
 
     # ---- configuration -------------------------------------------------------
 
@@ -98,7 +98,10 @@ class Bms:
         self.afe.configure_protection(cfg)
         self.prot.set_table(build_table(cfg))
         self.n_cells = cfg["cells"]
+        old = self.cfg
         self.cfg = cfg
+        if self.timer is not None and old["tick_ms"] != cfg["tick_ms"]:
+            self.start(self.timer)  # delays are in ticks of the new period
 
     def save_config(self):
         config.save(self.cfg, self.config_path)
@@ -115,10 +118,8 @@ class Bms:
 
     def start(self, timer):
         """Run the tick from a machine.Timer at the configured period."""
-        from machine import Timer
-
         self.timer = timer
-        timer.init(mode=Timer.PERIODIC, period=self.cfg["tick_ms"], callback=self._timer_cb)
+        timer.init(mode=timer.PERIODIC, period=self.cfg["tick_ms"], callback=self._timer_cb)
 
     def _on_timer(self, _t):
         # Timer context (soft, or hard on RP2): no allocation, just hand over.

@@ -233,11 +233,17 @@ class Console:
         if as_json:
             self._json({"tick_ms": tick, "rows": rows})
             return
-        self.out("name      trip      delay_ms  warn      recover   rec_ms  latch opens")
+        self.out("name      unit  trip      delay_ms  warn     recover   rec_ms  latch opens")
         for d in rows:
             op = ">=" if d["above"] else "<="
-            self.out("%-9s %s%-7d %8d  %-9d %-9d %7d  %-5s %s" % (
-                d["name"], op, d["trip"], d["delay_ticks"] * tick, d["warn"], d["recover"],
+            unit = d["unit"]
+            if unit == "0.1C":  # shown in degC, kept as integers in the table
+                unit = "C"
+                vals = tuple("%g" % (d[k] / 10) for k in ("trip", "warn", "recover"))
+            else:
+                vals = tuple(str(d[k]) for k in ("trip", "warn", "recover"))
+            self.out("%-9s %-5s %s%-7s %8d  %-8s %-9s %6d  %-5s %s" % (
+                d["name"], unit, op, vals[0], d["delay_ticks"] * tick, vals[1], vals[2],
                 d["recover_ticks"] * tick, "yes" if d["latch"] else "no", d["opens"]))
 
     def cmd_config(self, args, as_json):

@@ -27,6 +27,7 @@ Q_SENSOR = const(8)  # flag: stale, implausible or missing reading
 Q_COMM = const(9)  # flag: front-end did not answer correctly
 Q_CONFIG = const(10)  # flag: no valid configuration
 N_QUANTITIES = const(11)
+UNITS = ("mV", "mV", "mA", "mA", "0.1C", "0.1C", "0.1C", "flag", "flag", "flag", "flag")
 
 # Rows, in the order of NAMES (the fault names used by status and console).
 CELL_OV = const(0)
@@ -92,6 +93,7 @@ class Table:
         """One row as a dict, for the console's protection listing."""
         return {
             "name": NAMES[r],
+            "unit": UNITS[self.quantity[r]],
             "above": bool(self.high[r]),
             "trip": self.trip[r],
             "delay_ticks": self.trip_ticks[r],
