@@ -21,7 +21,8 @@ def setup(board_path="/board.json", config_path="/config.json"):
     b = board.load(board_path)
     afe = board.build_afe(b)  # FETs off from here on
     uart = board.console_uart(b)
-    bms = Bms(afe, config_path, b.get("name", ""), board.watchdog(b), machine.reset)
+    bms = Bms(afe, config_path, b.get("name", ""), board.watchdog(b), machine.reset,
+              board_defaults=b.get("config"))
     console = Console(bms, uart.write)
     reader = UartReader(uart, console)
     gc.collect()

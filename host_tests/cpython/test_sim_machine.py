@@ -2,7 +2,7 @@
 
 Expected values are worked out by hand from boards/esp32_adc_4s.json:
 taps scale 2/4/6/8, current zero 1250 mV at 100 mA/mV, NTC beta 3950,
-r0 = pullup = 10 kOhm, NTC divider supply 2500 mV, FETs chg=16 dsg=17 active high,
+r0 = pullup = 10 kOhm, NTC divider supply 2500 mV, FETs on CHG/DSG pins active high,
 alert on 27 active low.
 """
 
@@ -34,6 +34,10 @@ def _board():
         return json.load(f)
 
 
+CHG = _board()["fets"]["chg"]
+DSG = _board()["fets"]["dsg"]
+
+
 @pytest.fixture
 def world():
     w = simworld.SimWorld(_board())
@@ -55,7 +59,7 @@ def test_this_is_the_simulated_machine():
 
 def test_peripherals_need_an_attached_world():
     machine.attach(None)
-    for make in (lambda: machine.Pin(16), lambda: machine.ADC(32), lambda: machine.WDT(), machine.idle):
+    for make in (lambda: machine.Pin(CHG), lambda: machine.ADC(32), lambda: machine.WDT(), machine.idle):
         with pytest.raises(RuntimeError, match="attach"):
             make()
 
@@ -114,16 +118,16 @@ def test_current_pin_and_fet_blocking(world):
 
     world.current_ma = 20000  # charger wants 20 A
     assert world.flowing_ma() == 0 and cur.read_uv() == 1250000  # FETs off at boot
-    dsg = machine.Pin(17, machine.Pin.OUT, value=1)
+    dsg = machine.Pin(DSG, machine.Pin.OUT, value=1)
     assert world.flowing_ma() == 0  # DSG on does not let charge through
-    chg = machine.Pin(16, machine.Pin.OUT, value=1)
-    assert world.pin_out[16] == 1
+    chg = machine.Pin(CHG, machine.Pin.OUT, value=1)
+    assert world.pin_out[CHG] == 1
     assert world.flowing_ma() == 20000 and cur.read_uv() == 1450000  # 1250 + 200
 
     world.current_ma = -50000  # load wants 50 A
     assert cur.read_uv() == 750000  # 1250 - 500
     dsg.off()
-    assert world.pin_out[17] == 0 and world.flowing_ma() == 0 and cur.read_uv() == 1250000
+    assert world.pin_out[DSG] == 0 and world.flowing_ma() == 0 and cur.read_uv() == 1250000
     chg.off()
     dsg.on()
     assert world.flowing_ma() == -50000
@@ -131,11 +135,11 @@ def test_current_pin_and_fet_blocking(world):
 
 def test_output_level_reaches_the_wire_only_in_out_mode(world):
     world.current_ma = 1000
-    pin = machine.Pin(16)
+    pin = machine.Pin(CHG)
     pin.value(1)  # latched, but the pin is still an input
-    assert 16 not in world.pin_out and world.flowing_ma() == 0
+    assert CHG not in world.pin_out and world.flowing_ma() == 0
     pin.init(machine.Pin.OUT)
-    assert world.pin_out[16] == 1 and pin.value() == 1 and world.flowing_ma() == 1000
+    assert world.pin_out[CHG] == 1 and pin.value() == 1 and world.flowing_ma() == 1000
     pin.init(machine.Pin.IN)
     assert world.flowing_ma() == 0
 
@@ -144,7 +148,7 @@ def test_active_low_fets(world):
     world.board["fets"]["active_high"] = False
     world.current_ma = 1000
     assert world.flowing_ma() == 1000  # undriven gates are low = on
-    machine.Pin(16, machine.Pin.OUT, value=1)
+    machine.Pin(CHG, machine.Pin.OUT, value=1)
     assert world.flowing_ma() == 0
 
 
@@ -315,7 +319,7 @@ def test_reset_and_reset_cause(world):
 
 def test_board_reset_puts_peripherals_back(world):
     world.current_ma = 1000
-    machine.Pin(16, machine.Pin.OUT, value=1)
+    machine.Pin(CHG, machine.Pin.OUT, value=1)
     machine.Timer(-1, period=5, callback=lambda t: 1 / 0)
     world.board_reset(machine.SOFT_RESET)
     assert world.flowing_ma() == 0 and world.pin_out == {}
@@ -396,7 +400,7 @@ def test_hard_irq_on_other_ports(world):
 
 
 def test_physics_off_keeps_cells_as_set(world):
-    machine.Pin(16, machine.Pin.OUT, value=1)
+    machine.Pin(CHG, machine.Pin.OUT, value=1)
     world.current_ma = 50000
     world.advance(3600 * 1000)
     assert world.cell_mv == [3300] * 4
@@ -406,7 +410,7 @@ def test_physics_charges_and_discharges(world):
     world.physics = True
     world.capacity_mah = 1000
     world.set_cell(3, 3250)
-    machine.Pin(16, machine.Pin.OUT, value=1)
+    machine.Pin(CHG, machine.Pin.OUT, value=1)
     world.current_ma = 1000
     soc0 = list(world.cell_soc)
     world.advance(15 * 60 * 1000)  # +0.25 of capacity
@@ -417,7 +421,7 @@ def test_physics_charges_and_discharges(world):
     before = list(world.cell_mv)
     world.advance(60 * 60 * 1000)
     assert world.cell_mv == before
-    machine.Pin(17, machine.Pin.OUT, value=1)
+    machine.Pin(DSG, machine.Pin.OUT, value=1)
     world.advance(60 * 60 * 1000)  # a full capacity out: empty, steep end
     assert all(mv == 2500 for mv in world.cell_mv)
 

@@ -56,6 +56,7 @@ class FakeAfe(Afe):
         self.n_cells = cells
         self.inits = 0
         self.cleared = 0
+        self.short_present = False
 
     def init(self, n_cells):
         self.n_cells = n_cells
@@ -90,7 +91,10 @@ class FakeAfe(Afe):
 
     def clear_faults(self):
         self.cleared += 1
+        if self.short_present:
+            return False
         self.hw_faults = 0
+        return True
 
 
 def saved_config(d, **changes):

@@ -40,6 +40,32 @@ def test_exception_in_tick_leaves_fets_off_and_starves_watchdog():
     assert bms.last_error == "ValueError: driver bug"
 
 
+def test_intermittent_exceptions_do_not_chatter_the_fets():
+    afe = Boom()
+    bms, afe = make_bms(afe)
+    run(bms, 3)
+    switched = 0
+    last = afe.chg
+    for i in range(60):
+        afe.boom = i % 2 == 0
+        run(bms, 1)
+        switched += afe.chg != last
+        last = afe.chg
+    assert switched == 1  # off at the first failure, held off while they go on
+    assert "sensor" in bms.prot.names(bms.prot.active)
+    afe.boom = False
+    run(bms, 21)
+    assert afe.chg and afe.dsg
+
+
+def test_counters_wrap_below_small_int_limit():
+    bms, afe = make_bms()
+    run(bms, 1)
+    bms.ticks = 0x3FFFFFFF
+    run(bms, 2)
+    assert bms.ticks == 1
+
+
 def test_exception_in_logic_after_fets_were_on_turns_them_off():
     bms, afe = make_bms()
     run(bms, 2)

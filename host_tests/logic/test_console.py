@@ -236,3 +236,13 @@ def test_reader_routes_lines_to_console_and_frames_by_start_byte():
         pass
     assert b"".join(got) == b"\xa5\x01\x02\x03"
     assert bms.fets.want == 1
+
+
+def test_clear_with_the_short_still_there_is_an_error():
+    from bms.afe import HW_SCD
+
+    bms, afe, t = _setup()
+    afe.hw_faults = HW_SCD
+    afe.short_present = True
+    run(bms, 1)
+    assert t.cmd("clear") == ["error: scd still present: remove the cause, then 'clear'"]

@@ -113,3 +113,17 @@ def test_precharge_gives_up_after_bounded_retries():
 def test_fets_state_names():
     f = Fets()
     assert f.state_name() == "boot"
+
+
+def test_precharge_does_not_finish_on_a_stale_reading():
+    bms, afe = _precharge_bms()
+    afe.current_ma = 0
+    afe.fresh = False  # no reading yet: the 0 mA is not a measurement
+    run(bms, 1)
+    afe.fresh = True
+    afe.current_ma = -20000
+    run(bms, 1)
+    assert afe.pchg and not afe.dsg
+    afe.fresh = False
+    run(bms, 3)
+    assert not afe.dsg

@@ -11,20 +11,22 @@ from helpers import tmpdir
 BOARD = "boards/esp32_adc_4s.json"
 
 
-def _boot(cells=(3300, 3310, 3290, 3305), **cfg_changes):
+def _boot(cells=(3300, 3310, 3290, 3305), world=None, save=True, **cfg_changes):
     from bms import config
     import main
 
-    world = simworld.SimWorld.from_file(BOARD)
-    for i, mv in enumerate(cells):
-        world.set_cell(i + 1, mv)
+    if world is None:
+        world = simworld.SimWorld.from_file(BOARD)
+        for i, mv in enumerate(cells):
+            world.set_cell(i + 1, mv)
     machine.attach(world)
     b = simworld.load_board(BOARD)
     cfg = config.defaults("lfp", 4).with_values(b["config"])
     if cfg_changes:
         cfg = cfg.with_values(cfg_changes)
     path = tmpdir() + "/config.json"
-    config.save(cfg, path)
+    if save:
+        config.save(cfg, path)
     bms, reader = main.setup(BOARD, path)
     # Count uptime on the virtual clock (the firmware's own is the host's).
     bms._clock = world.ticks_ms
@@ -176,3 +178,36 @@ def test_changing_the_tick_period_restarts_the_timer():
     assert _console(world, reader, "config set tick_ms 200")[0].startswith("ok")
     _step(world, reader, 2000)
     assert 9 <= bms.ticks - n <= 11
+
+
+def test_short_present_at_power_up_keeps_fets_off():
+    world = simworld.SimWorld.from_file(BOARD)
+    world.raise_alert()  # comparator asserting before the firmware starts: no edge
+    world, bms, reader = _boot(world=world)
+    _step(world, reader, 1000)
+    assert "scd" in bms.prot.names(bms.prot.active)
+    assert not world.fet_on("chg") and not world.fet_on("dsg")
+
+
+def test_reset_with_the_short_still_there_keeps_fets_off():
+    world, bms, reader = _boot()
+    _step(world, reader, 300)
+    world.raise_alert()
+    _step(world, reader, 200)
+    world.board_reset(machine.SOFT_RESET)
+    world, bms, reader = _boot(world=world)
+    for _ in range(20):
+        _step(world, reader, 50)
+        assert not world.fet_on("chg") and not world.fet_on("dsg")
+
+
+def test_first_boot_without_config_is_a_config_fault_with_a_working_console():
+    world, bms, reader = _boot(save=False)
+    _step(world, reader, 500)
+    s = json.loads(_console(world, reader, "status --json")[0])
+    assert s["faults"] == ["config"] and not s["chg"] and not s["dsg"]
+    assert "missing" in s["config_problem"]
+    assert bms.cfg["ocd2_ma"] < 110000  # the fallback respects the board's sensor
+    assert _console(world, reader, "config save") == ["ok saved"]
+    _step(world, reader, 300)
+    assert world.fet_on("chg") and world.fet_on("dsg")

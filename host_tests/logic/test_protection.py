@@ -4,7 +4,7 @@
 from bms import config
 from bms.afe import HW_SCD, NTC_OPEN, NTC_SHORT
 from bms.protection import NAMES, build_table, CHG, DSG, BOTH
-from helpers import make_bms, run
+from helpers import FakeAfe, make_bms, run
 
 
 def _set_cell(mv):
@@ -149,11 +149,23 @@ def test_short_circuit_latches_until_clear():
     run(bms, 1000)
     assert "scd" in bms_faults(bms)
     assert not afe.chg and not afe.dsg
-    assert bms.clear() == 1
+    assert bms.clear() == (1, [])
     assert afe.cleared == 1
     run(bms, 1)
     assert bms_faults(bms) == []
     assert afe.chg and afe.dsg
+
+
+def test_clear_while_hardware_still_reports_the_short_keeps_it_latched():
+    bms, afe = make_bms()
+    run(bms, 2)
+    afe.hw_faults = HW_SCD
+    afe.short_present = True
+    run(bms, 1)
+    assert bms.clear() == (0, ["scd"])
+    run(bms, 5)
+    assert "scd" in bms_faults(bms)
+    assert not afe.chg and not afe.dsg
 
 
 def test_clear_with_short_still_present_trips_again():
@@ -268,3 +280,42 @@ def test_zero_delay_trips_on_first_tick():
     run(bms, 1)
     assert "cell_ov" in bms_faults(bms)
     assert not afe.chg
+
+
+def test_boot_into_a_fault_never_closes_the_fet_it_forbids():
+    # At power-up delays do not apply: no FET closes into a present fault.
+    for cells, temps, closed_chg, closed_dsg, fault in (
+        ([3750, 3300, 3300, 3300], [25, 25], False, True, "cell_ov"),
+        ([2500, 3300, 3300, 3300], [25, 25], True, False, "cell_uv"),
+        ([3300, 3300, 3300, 3300], [70, 25], False, False, "otd"),
+    ):
+        afe = FakeAfe()
+        afe.cells_mv = cells
+        afe.temps_c = temps
+        bms, afe = make_bms(afe)
+        for _ in range(15):
+            run(bms, 1)
+            assert afe.chg == closed_chg and afe.dsg == closed_dsg, (fault, afe.chg, afe.dsg)
+        assert fault in bms_faults(bms)
+
+
+def test_over_current_still_trips_while_a_cell_tap_is_broken():
+    bms, afe = make_bms()
+    run(bms, 2)
+    afe.cells_mv[1] = 0
+    afe.current_ma = -160000
+    run(bms, 3)  # ocd2: 200 ms; the sensor row would take 500 ms
+    assert "ocd2" in bms_faults(bms)
+    assert not afe.dsg
+
+
+def test_tick_period_change_keeps_pending_delays_in_time():
+    bms, afe = make_bms()
+    run(bms, 2)
+    afe.cells_mv[0] = 3700
+    run(bms, 6)  # 600 ms of the 1000 ms delay
+    bms.apply_config(bms.cfg.with_value("tick_ms", "200"))
+    run(bms, 2)  # 1000 ms: not yet (counting restarted at 600 ms, one tick late at most)
+    assert "cell_ov" not in bms_faults(bms)
+    run(bms, 1)
+    assert "cell_ov" in bms_faults(bms)

@@ -68,7 +68,9 @@ class Afe:
         return {}
 
     def clear_faults(self):
-        """Release latched hardware fault flags (console 'clear')."""
+        """Release latched hardware fault flags (console 'clear').
+        Returns False if the fault is still present and stays latched."""
+        return True
 
     def shutdown(self):
         """Ship mode: FETs off and the front-end in its lowest-power state."""

@@ -10,7 +10,7 @@ from bms.afe import Measurements, NTC_OK, HW_SCD
 from bms.balancing import Balancer
 from bms.fets import Fets, BOOT
 from bms.protection import (
-    Protection, build_table, CHG, DSG,
+    Protection, build_table, CHG, DSG, SCD, SENSOR,
     Q_CELL_MAX, Q_CELL_MIN, Q_I_CHG, Q_I_DSG, Q_T_MAX, Q_T_MIN, Q_T_BOARD,
     Q_SCD, Q_SENSOR, Q_COMM, Q_CONFIG,
 )
@@ -24,10 +24,14 @@ _CELL_MAX_MV = const(5000)
 _TEMP_MIN_DC = const(-400)
 _TEMP_MAX_DC = const(1250)
 _PACK_TOL_MV = const(250)
+_COUNT_MAX = const(0x3FFFFFFF)
+_DT_MAX_MS = const(2000)
 
 
 class Bms:
-    def __init__(self, afe, config_path, board_name="", wdt=None, reset=None, clock=None):
+    def __init__(self, afe, config_path, board_name="", wdt=None, reset=None, clock=None, board_defaults=None):
+        """board_defaults: the board file's "config" overrides (the current
+        limits it is rated for), used when no saved config can be used."""
         self.afe = afe
         self._clock = clock or time.ticks_ms  # tests pass a fake clock
         self.config_path = config_path
@@ -37,14 +41,13 @@ class Bms:
         cfg, _src, problem = config.load(config_path)
         self.config_problem = ""
         if cfg is None:
-            # No valid copy: run the safe defaults but hold both FETs open.
             self.config_problem = problem or "no config"
-            cfg = config.defaults("lfp", min(4, afe.max_cells))
         else:
-            why = self.board_problem(cfg, afe)
-            if why:
-                self.config_problem = why
-                cfg = config.defaults(cfg["chemistry"], min(cfg["cells"], afe.max_cells))
+            self.config_problem = self.board_problem(cfg, afe)
+        if self.config_problem:
+            # No usable copy: run on defaults that fit the board, with both
+            # FETs held open by the config row until a config is saved.
+            cfg = self.fallback_config(cfg["chemistry"] if cfg else "lfp", afe, board_defaults)
         self.m = Measurements(afe.max_cells, afe.n_temps, afe.has_board_temp)
         self.prot = Protection(build_table(cfg))
         self.fets = Fets(afe.has_precharge)
@@ -70,6 +73,18 @@ class Bms:
         self._timer_cb = self._on_timer
 
     # ---- configuration -------------------------------------------------------
+
+    @staticmethod
+    def fallback_config(chemistry, afe, board_defaults):
+        cfg = config.defaults(chemistry, min(4, afe.max_cells))
+        try:
+            cfg = cfg.with_values(board_defaults or {})
+        except config.ConfigError:
+            pass
+        lim = afe.current_max_ma
+        if lim and Bms.board_problem(cfg, afe):
+            cfg = cfg.with_values({"occ_ma": lim * 4 // 10, "ocd1_ma": lim * 6 // 10, "ocd2_ma": lim * 8 // 10})
+        return cfg
 
     @staticmethod
     def board_problem(cfg, afe):
@@ -100,8 +115,10 @@ class Bms:
         self.n_cells = cfg["cells"]
         old = self.cfg
         self.cfg = cfg
-        if self.timer is not None and old["tick_ms"] != cfg["tick_ms"]:
-            self.start(self.timer)  # delays are in ticks of the new period
+        if old is not None and old["tick_ms"] != cfg["tick_ms"]:
+            self.prot.rescale(old["tick_ms"], cfg["tick_ms"])
+            if self.timer is not None:
+                self.start(self.timer)  # delays are in ticks of the new period
 
     def save_config(self):
         config.save(self.cfg, self.config_path)
@@ -160,7 +177,11 @@ class Bms:
             pass
         self.fets.off()
         self.valid = False
-        self.tick_errors += 1
+        # A tick that failed proved nothing about the pack: hold both FETs
+        # open for the sensor row's recovery delay, and say so in status.
+        self.prot.trip_now(SENSOR)
+        if self.tick_errors < _COUNT_MAX:
+            self.tick_errors += 1
         self.last_error = "%s: %s" % (type(e).__name__, e)
 
     def _tick(self):
@@ -172,7 +193,10 @@ class Bms:
             ms -= 1000
             self.uptime_s += 1
         self._ms = ms
-        self.ticks += 1
+        # Counters stay below 2**30: beyond it ints are heap objects on the board.
+        self.ticks = (self.ticks + 1) & _COUNT_MAX
+        if dt > _DT_MAX_MS:
+            dt = _DT_MAX_MS  # keeps current * dt a small int; a long gap is lost anyway
 
         m = self.m
         p = self.prot
@@ -184,7 +208,8 @@ class Bms:
         except OSError:
             fresh = False
             comm_ok = False
-            self.comm_errors += 1
+            if self.comm_errors < _COUNT_MAX:
+                self.comm_errors += 1
         q[Q_COMM] = 0 if comm_ok else 1
         qv[Q_COMM] = 1
         q[Q_CONFIG] = 1 if self.config_problem else 0
@@ -199,8 +224,8 @@ class Bms:
                 qv[k] = 0
             q[Q_SENSOR] = 1
             qv[Q_SENSOR] = 1 if comm_ok else 0
-        forbid = p.evaluate()
         f = self.fets
+        forbid = p.evaluate(valid and f.state == BOOT)
         f.update(forbid, valid, m.current_ma)
         mask = 0
         if valid and f.state != BOOT:
@@ -239,7 +264,10 @@ class Bms:
         i = m.current_ma
         q[Q_I_CHG] = i if i > 0 else 0
         q[Q_I_DSG] = -i if i < 0 else 0
-        qv[Q_CELL_MAX] = qv[Q_CELL_MIN] = qv[Q_I_CHG] = qv[Q_I_DSG] = 1 if ok else 0
+        qv[Q_CELL_MAX] = qv[Q_CELL_MIN] = 1 if ok else 0
+        # Current has its own sensor: a bad cell tap must not blind the
+        # over-current rows (a saturated shunt reads at least the limit).
+        qv[Q_I_CHG] = qv[Q_I_DSG] = 1
 
         good = 0
         tmax = -32768
@@ -293,9 +321,9 @@ class Bms:
         self.afe.shutdown()
 
     def clear(self):
-        """Release latched faults; returns how many were released."""
-        self.afe.clear_faults()
-        return self.prot.clear_latched()
+        """Release latched faults: (how many released, names still present)."""
+        keep = 0 if self.afe.clear_faults() else 1 << SCD
+        return self.prot.clear_latched(keep), self.prot.names_in(keep)
 
     def reset(self):
         self.fets.off()

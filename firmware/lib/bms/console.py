@@ -312,8 +312,13 @@ class Console:
 
     def cmd_clear(self, args, as_json):
         self._no_args(args)
-        n = self.bms.clear()
-        self.out("ok released %d latched fault%s" % (n, "" if n == 1 else "s"))
+        n, held = self.bms.clear()
+        if held and not n:
+            raise CommandError("%s still present: remove the cause, then 'clear'" % ", ".join(held))
+        msg = "ok released %d latched fault%s" % (n, "" if n == 1 else "s")
+        if held:
+            msg += "; %s still present" % ", ".join(held)
+        self.out(msg)
 
     def cmd_reset(self, args, as_json):
         self._no_args(args)

@@ -67,6 +67,8 @@ class Fets:
         # The safe state, for paths that cannot evaluate the pack.
         self.chg = self.dsg = self.pchg = False
         self._pc_phase = _PC_IDLE
+        if self.state != BOOT:
+            self.state = FAULT
 
     def update(self, forbid, valid, current_ma):
         """One tick. valid: this tick's measurement was complete and plausible."""
@@ -79,7 +81,9 @@ class Fets:
         self.chg = bool(allow & CHG)
         dsg = bool(allow & DSG)
         if dsg and not self.dsg and self.has_precharge:
-            dsg = self._precharge(current_ma)
+            # Only a fresh reading may end precharge: a stale 0 mA would
+            # close DSG into the inrush.
+            dsg = self._precharge(current_ma) if valid else False
         elif not dsg:
             self.pchg = False
             self._pc_phase = _PC_IDLE

@@ -165,8 +165,13 @@ class Protection:
         # One assignment: the tick sees either the old or the new table.
         self.table = table
 
-    def evaluate(self):
-        """Run every row on self.q; return the FET bits that must be open."""
+    def evaluate(self, booting=False):
+        """Run every row on self.q; return the FET bits that must be open.
+
+        booting: no FET has been closed yet, so a row already past its trip
+        threshold trips at once; delays exist to ride out transients on a
+        running pack, not to close a FET into a fault for one delay.
+        """
         t = self.table
         q = self.q
         qvalid = self.qvalid
@@ -197,7 +202,7 @@ class Protection:
                             changed |= 1 << r
                 elif beyond:
                     count[r] += 1
-                    if count[r] > t.trip_ticks[r]:
+                    if booting or count[r] > t.trip_ticks[r]:
                         active[r] = 1
                         count[r] = 0
                         self.trips[r] += 1
@@ -212,26 +217,38 @@ class Protection:
         self.changed = changed
         return forbid
 
-    def clear_latched(self):
-        """Release latched rows (console 'clear'); they re-trip if still present."""
+    def clear_latched(self, keep=0):
+        """Release latched rows (console 'clear') except those in the keep
+        bitmask (still present); returns how many were released."""
         n = 0
         for r in range(N_ROWS):
-            if self.table.latch[r] and self.active[r]:
+            if self.table.latch[r] and self.active[r] and not keep >> r & 1:
                 self.active[r] = 0
                 self.count[r] = 0
                 n += 1
         return n
 
+    def rescale(self, old_tick_ms, new_tick_ms):
+        # Running counts after a tick-period change, in new ticks, rounded
+        # down: a pending trip or recovery completes at most one tick late.
+        for r in range(N_ROWS):
+            self.count[r] = self.count[r] * old_tick_ms // new_tick_ms
+
     def trip_now(self, r):
-        # For events that must act at once (alert pin, tick exception).
+        # For events that must act at once (a failed tick); an active row
+        # starts its recovery delay again.
         if not self.active[r]:
             self.active[r] = 1
-            self.count[r] = 0
             self.trips[r] += 1
+        self.count[r] = 0
         self.forbid |= self.table.fets[r]
 
     def names(self, flags):
         return [NAMES[r] for r in range(N_ROWS) if flags[r]]
+
+    @staticmethod
+    def names_in(mask):
+        return [NAMES[r] for r in range(N_ROWS) if mask >> r & 1]
 
     def holders(self, fet_bit):
         """Names of active rows that keep the given FET open."""

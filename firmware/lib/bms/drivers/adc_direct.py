@@ -153,12 +153,24 @@ class AdcDirect(Afe):
             t = ntc.convert(ch.uv() // 1000)
             m.board_dc = t
             m.board_status = _ntc_status(t, ch.saturated)
+        # Level as well as edge: an interrupt that was lost (ESP32 pin IRQs
+        # are soft, scheduled) or a short present since power-up still counts.
+        p = self._alert_pin
+        if p is not None and p.value() != self._alert_idle:
+            self._alert[0] = 1
         m.hw_faults = HW_SCD if self._alert[0] else 0
         return True
 
     def set_fets(self, chg, dsg, pchg=False):
+        self._drive(chg, dsg, pchg)
+        # An alert interrupt between the check and the pin writes would be
+        # undone by them: look again afterwards. Only 'clear' re-arms.
         if self._alert[0]:
-            chg = dsg = pchg = False  # only 'clear' re-arms after a short
+            self._drive(False, False, False)
+
+    def _drive(self, chg, dsg, pchg):
+        if self._alert[0]:
+            chg = dsg = pchg = False
         on = self.on
         self.chg_pin.value(on if chg else 1 - on)
         self.dsg_pin.value(on if dsg else 1 - on)
@@ -171,7 +183,11 @@ class AdcDirect(Afe):
             pins[i].value((mask >> i) & 1)
 
     def clear_faults(self):
-        # The comparator may still be asserting: then the short is still there.
+        # Clear first, then look at the line: an interrupt in between sets the
+        # flag again, and a comparator still asserting means the short is
+        # still there. Returns True if the hardware fault is gone.
+        self._alert[0] = 0
         p = self._alert_pin
-        if p is None or p.value() == self._alert_idle:
-            self._alert[0] = 0
+        if p is not None and p.value() != self._alert_idle:
+            self._alert[0] = 1
+        return not self._alert[0]
