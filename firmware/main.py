@@ -15,7 +15,7 @@ _CAUSES = {getattr(machine, n, -1): n for n in ("PWRON_RESET", "HARD_RESET", "WD
 
 
 def setup(board_path="/board.json", config_path="/config.json"):
-    """Build everything and start the tick; returns (bms, reader)."""
+    """Build everything and start the tick; returns (bms, reader, console)."""
     if hasattr(micropython, "alloc_emergency_exception_buf"):
         micropython.alloc_emergency_exception_buf(100)
     b = board.load(board_path)
@@ -28,13 +28,16 @@ def setup(board_path="/board.json", config_path="/config.json"):
     gc.collect()
     bms.start(board.timer())
     console.out("openbms ready after %s ('help' for commands)" % _CAUSES.get(machine.reset_cause(), "reset"))
-    return bms, reader
+    return bms, reader, console
 
 
 def main(board_path="/board.json", config_path="/config.json"):
-    bms, reader = setup(board_path, config_path)
+    bms, reader, console = setup(board_path, config_path)
     while True:
-        reader.poll()
+        try:
+            reader.poll()
+        except Exception as e:  # a console bug must not stop the console; the tick runs on regardless
+            console.error("internal: %s: %s" % (type(e).__name__, e))
         machine.idle()
 
 

@@ -160,22 +160,28 @@ def _steady_16():
     return bms, afe
 
 
-def test_tick_with_faults_and_balancing_allocates_nothing():
+def _locked_ticks(bms, n):
+    micropython.heap_lock()
+    try:
+        for _ in range(n):
+            bms.clock.now += 100
+            bms.tick()
+    finally:
+        micropython.heap_unlock()
+    assert bms.tick_errors == 0, bms.last_error
+
+
+def test_tick_while_balancing_and_while_faulted_allocates_nothing():
     afe = FakeAfe(cells=16, temps=4)
     bms, afe = make_bms(afe, cells=16)
     afe.cells_mv = [3450 + 10 * i for i in range(16)]
     afe.current_ma = 5000
-    afe.cells_mv[5] = 3700  # OV trips, balancing on the top cells
+    run(bms, 30)
+    _locked_ticks(bms, 10)
+    assert afe.mask != 0 and bms.bal.cells()  # top cells bleeding
+    afe.cells_mv[5] = 3700  # OV trips; balancing stops on any fault
     run(bms, 30)
     assert "cell_ov" in bms.prot.names(bms.prot.active)
-    micropython.heap_lock()
-    try:
-        for i in range(10):
-            bms.clock.now += 100
-            bms.tick()
-        err = bms.tick_errors
-    finally:
-        micropython.heap_unlock()
-    assert err == 0, bms.last_error
-    assert not afe.chg and afe.dsg
+    _locked_ticks(bms, 10)
+    assert not afe.chg and afe.dsg and afe.mask == 0
     assert bms.request_fet(CHG, True) != ""

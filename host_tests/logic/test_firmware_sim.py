@@ -27,7 +27,7 @@ def _boot(cells=(3300, 3310, 3290, 3305), world=None, save=True, **cfg_changes):
     path = tmpdir() + "/config.json"
     if save:
         config.save(cfg, path)
-    bms, reader = main.setup(BOARD, path)
+    bms, reader, _console = main.setup(BOARD, path)
     # Count uptime on the virtual clock (the firmware's own is the host's).
     bms._clock = world.ticks_ms
     bms._last_ms = world.ticks_ms()
