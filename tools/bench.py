@@ -15,7 +15,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MICROPYPATH = ":".join(os.path.join(ROOT, p) for p in ("firmware/lib", "host_tests/logic")) + ":.frozen"
+MICROPYPATH = ":".join(os.path.join(ROOT, p) for p in ("firmware/lib", "host_tests/logic", "tools")) + ":.frozen"
 
 
 def micropython():

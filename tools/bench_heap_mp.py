@@ -41,10 +41,17 @@ class Clock:
         return self.now
 
 
-def main():
+def adc_board():
+    """A 4S direct-ADC board on constant inputs: only the driver is measured."""
     taps = [(Channel(ConstAdc(1650000), 16, True), Linear(2.0 * (i + 1))) for i in range(4)]
-    afe = AdcDirect(taps, (Channel(ConstAdc(1300000), 16, True), Linear(100, -125000)),
-                    [(Channel(ConstAdc(1650000), 16, True), Ntc())], None, OutPin(), OutPin())
+    return AdcDirect(taps, (Channel(ConstAdc(1300000), 16, True), Linear(100, -125000)),
+                     [(Channel(ConstAdc(1650000), 16, True), Ntc())],
+                     (Channel(ConstAdc(1500000), 16, True), Ntc()), OutPin(), OutPin(), None,
+                     [OutPin() for _ in range(4)])
+
+
+def main():
+    afe = adc_board()
     path = "/tmp/openbms-bench-heap.json"
     config.save(config.defaults("lfp", 4), path)
     clock = Clock()
@@ -64,4 +71,5 @@ def main():
     print('{"ok": %s, "ticks": %d, "min_free_bytes": %d}' % ("true" if ok else "false", bms.ticks, low))
 
 
-main()
+if __name__ == "__main__":
+    main()

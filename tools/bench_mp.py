@@ -16,33 +16,12 @@ gc.collect()
 from bms.console import Console
 gc.collect()
 from bms.reader import UartReader
-from bms.drivers.adc_direct import AdcDirect, Channel, Linear
-from bms.ntc import Ntc
+from bench_heap_mp import adc_board
 gc.collect()
 from helpers import FakeAfe, FakeClock, saved_config, tmpdir
 gc.collect()
 
 N = 2000
-
-
-class ConstAdc:
-    """An ADC pin that returns a fixed voltage, so only the driver is measured."""
-
-    def __init__(self, uv):
-        self.uv = uv
-
-    def read_uv(self):
-        return self.uv
-
-
-class OutPin:
-    def __init__(self):
-        self.v = 0
-
-    def value(self, v=None):
-        if v is None:
-            return self.v
-        self.v = v
 
 
 class NullUart:
@@ -51,14 +30,6 @@ class NullUart:
 
     def write(self, s):
         return len(s)
-
-
-def adc_board():
-    taps = [(Channel(ConstAdc(1650000), 16, True), Linear(2.0 * (i + 1))) for i in range(4)]
-    cur = (Channel(ConstAdc(1300000), 16, True), Linear(100, -125000))
-    ntcs = [(Channel(ConstAdc(1650000), 16, True), Ntc())]
-    board = (Channel(ConstAdc(1500000), 16, True), Ntc())
-    return AdcDirect(taps, cur, ntcs, board, OutPin(), OutPin(), None, [OutPin() for _ in range(4)])
 
 
 def make(afe, cells):
