@@ -49,3 +49,57 @@ def test_channel_oversamples_and_scales_u16():
     assert abs(full.uv() - 3300000) < 100
     half = Channel(_Adc([32768]), 1, False, 3300000)
     assert abs(half.uv() - 1650000) < 100
+
+
+class _Pin:
+    def __init__(self, v=0):
+        self.v = v
+
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        self.v = v
+
+
+def _board(alert):
+    from bms.drivers.adc_direct import AdcDirect
+
+    taps = [(Channel(_Adc([1650000]), 1, True), Linear(2.0 * (i + 1))) for i in range(2)]
+    return AdcDirect(taps, (Channel(_Adc([1250000]), 1, True), Linear(100, -125000)), [], None,
+                     _Pin(), _Pin(), None, (), True, alert, True)
+
+
+def test_alert_handler_opens_fets_without_allocating():
+    import micropython
+
+    alert = _Pin(1)
+    afe = _board(alert)
+    afe.set_fets(True, True)
+    assert afe.chg_pin.v == 1 and afe.dsg_pin.v == 1
+    handler = afe.alert_handler()
+    alert.v = 0
+    micropython.heap_lock()  # as in a hard IRQ
+    try:
+        handler(alert)
+    finally:
+        micropython.heap_unlock()
+    assert afe.chg_pin.v == 0 and afe.dsg_pin.v == 0
+    afe.set_fets(True, True)  # the tick cannot switch them back on
+    assert afe.chg_pin.v == 0 and afe.dsg_pin.v == 0
+    assert not afe.clear_faults()  # comparator still asserting
+    alert.v = 1
+    assert afe.clear_faults()
+    afe.set_fets(True, True)
+    assert afe.chg_pin.v == 1
+
+
+def test_saturated_tap_reads_as_an_impossible_cell():
+    from bms.afe import Measurements
+    from bms.drivers.adc_direct import AdcDirect
+
+    taps = [(Channel(_Adc([1650000]), 1, True, max_uv=2450000), Linear(2.0)),
+            (Channel(_Adc([2450000]), 1, True, max_uv=2450000), Linear(4.0))]
+    afe = AdcDirect(taps, (Channel(_Adc([1250000]), 1, True), Linear(100, -125000)), [], None, _Pin(), _Pin())
+    m = Measurements(2, 0)
+    assert afe.read(m)
+    assert m.cells_mv[0] == 3300 and m.cells_mv[1] == 0

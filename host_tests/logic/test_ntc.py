@@ -1,5 +1,5 @@
 # Thermistor conversion: the integer table lookup against the Beta equation.
-from bms.ntc import Ntc, OPEN_DC, SHORT_DC, beta_resistance
+from bms.ntc import Ntc, OPEN_DC, SHORT_DC, beta_resistance, sh_resistance
 
 
 def _pin_mv(t_c, r0=10000, beta=3950, pullup=10000, vref=3300):
@@ -30,3 +30,26 @@ def test_open_and_short():
     assert n.convert(3290) == OPEN_DC
     assert n.convert(0) == SHORT_DC
     assert n.convert(20) == SHORT_DC
+
+
+# A common 10 k NTC's Steinhart-Hart coefficients.
+SH = (1.009249522e-03, 2.378405444e-04, 2.019202697e-07)
+
+
+def test_steinhart_hart_resistance_solves_the_equation():
+    import math
+
+    for t in (-20, 0, 25, 60, 100):
+        r = sh_resistance(t, *SH)
+        lr = math.log(r)
+        back = 1.0 / (SH[0] + SH[1] * lr + SH[2] * lr ** 3) - 273.15
+        assert abs(back - t) < 0.01, (t, back)
+    assert abs(sh_resistance(25, *SH) - 10000) < 200  # these coefficients: about 9.88 k at 25 degC
+
+
+def test_steinhart_hart_conversion():
+    n = Ntc(pullup=10000, vref_mv=2500, sh=SH)
+    for t in range(-30, 101, 10):
+        r = sh_resistance(t, *SH)
+        pin = int(2500 * r / (r + 10000) + 0.5)
+        assert abs(n.convert(pin) - t * 10) <= 5, (t, n.convert(pin))

@@ -61,7 +61,8 @@ def _adc_direct(b):
     current = (ch(c["pin"]), Linear(c["ma_per_mv"], -int(c["zero_mv"] * c["ma_per_mv"])))
 
     def ntc(s):
-        return ch(s["pin"]), Ntc(s["r0"], s["beta"], s["pullup"], s.get("vref_mv", 3300), s.get("t0_c", 25))
+        return ch(s["pin"]), Ntc(s.get("r0", 10000), s.get("beta", 3950), s["pullup"], s.get("vref_mv", 3300),
+                                 s.get("t0_c", 25), s.get("steinhart_hart"))
 
     ntcs = [ntc(s) for s in b.get("ntc", [])]
     board_ntc = ntc(b["board_ntc"]) if b.get("board_ntc") else None
