@@ -23,11 +23,12 @@ def setup(board_path="/board.json", config_path="/config.json"):
     uart = board.console_uart(b)
     bms = Bms(afe, config_path, b.get("name", ""), board.watchdog(b), machine.reset,
               board_defaults=b.get("config"))
+    bms.reset_cause = _CAUSES.get(machine.reset_cause(), "unknown")
     console = Console(bms, uart.write)
     reader = UartReader(uart, console)
     gc.collect()
     bms.start(board.timer())
-    console.out("openbms ready after %s ('help' for commands)" % _CAUSES.get(machine.reset_cause(), "reset"))
+    console.out("openbms ready after %s ('help' for commands)" % bms.reset_cause)
     return bms, reader, console
 
 

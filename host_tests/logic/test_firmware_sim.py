@@ -144,6 +144,11 @@ def test_stopped_tick_lets_the_watchdog_reset_the_board():
     world.board_reset(machine.WDT_RESET)
     # After the reset every pin is back to its power-on state: FETs off.
     assert not world.fet_on("chg") and not world.fet_on("dsg")
+    world, bms, reader = _boot(world=world)
+    assert not world.fet_on("chg") and not world.fet_on("dsg")
+    _step(world, reader, 300)
+    s = json.loads(_console(world, reader, "status --json")[0])
+    assert s["reset_cause"] == "WDT_RESET" and s["state"] == "normal"
 
 
 def test_config_limit_beyond_the_current_sensor_is_refused():

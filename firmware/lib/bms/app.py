@@ -68,6 +68,7 @@ class Bms:
         self.tick_errors = 0
         self.missed_ticks = 0
         self.last_error = ""
+        self.reset_cause = ""  # set by main.py from machine.reset_cause()
         self._pending = False
         self._tick_cb = self._scheduled_tick  # bound once: the timer path must not allocate
         self._timer_cb = self._on_timer

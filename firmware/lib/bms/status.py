@@ -40,6 +40,7 @@ def _take(bms):
         "balancing": bms.bal.cells(),
         "uptime_s": bms.uptime_s,
         "errors": {"comm": bms.comm_errors, "tick": bms.tick_errors, "missed": bms.missed_ticks},
+        "reset_cause": bms.reset_cause,
     }
     if f.has_precharge:
         s["pchg"] = f.pchg
