@@ -246,3 +246,10 @@ def test_clear_with_the_short_still_there_is_an_error():
     afe.short_present = True
     run(bms, 1)
     assert t.cmd("clear") == ["error: scd still present: remove the cause, then 'clear'"]
+
+
+def test_status_json_keys_come_in_documented_order():
+    bms, afe, t = _setup()
+    line = t.cmd("status --json")[0]
+    pos = [line.index('"%s":' % k) for k in STATUS_KEYS]
+    assert pos == sorted(pos), line

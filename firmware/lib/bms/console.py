@@ -35,6 +35,23 @@ HELP = (
 _FET_BITS = {"chg": CHG, "dsg": DSG, "all": BOTH}
 
 
+# Keys first, in this order, in every JSON object (MicroPython dicts have no
+# order of their own); other keys follow sorted.
+_KEY_ORDER = ("state", "cells_mv", "pack_mv", "current_ma", "temps_c", "board_c", "soc_pct", "chg", "dsg",
+              "pchg", "precharge_failed", "faults", "warnings", "balancing", "uptime_s", "errors",
+              "reset_cause", "config_problem",
+              "name", "unit", "above", "trip", "delay_ticks", "warn", "recover", "recover_ticks", "latch", "opens")
+
+
+def _dumps(obj):
+    if isinstance(obj, list):
+        return "[" + ", ".join(_dumps(x) for x in obj) + "]"
+    if not isinstance(obj, dict):
+        return json.dumps(obj)
+    keys = [k for k in _KEY_ORDER if k in obj] + sorted(k for k in obj if k not in _KEY_ORDER)
+    return "{" + ", ".join("%s: %s" % (json.dumps(k), _dumps(obj[k])) for k in keys) + "}"
+
+
 class CommandError(Exception):
     pass
 
@@ -123,7 +140,7 @@ class Console:
             self.error("storage: %s" % e)
 
     def _json(self, obj):
-        self.out(json.dumps(obj))
+        self.out(_dumps(obj))
 
     @staticmethod
     def _no_args(args):
