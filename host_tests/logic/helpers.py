@@ -7,10 +7,32 @@ from bms.afe import Afe, NTC_OK
 _counter = [0]
 
 
+def _base():
+    return "/tmp/openbms-test-%d" % os.getpid() if hasattr(os, "getpid") else "/tmp/openbms-test-mp"
+
+
+def _rmtree(path):
+    for name in os.listdir(path):
+        p = path + "/" + name
+        if os.stat(p)[0] & 0x4000:  # directory
+            _rmtree(p)
+        else:
+            os.remove(p)
+    os.rmdir(path)
+
+
+def cleanup():
+    """Remove every directory tmpdir() made in this process."""
+    try:
+        _rmtree(_base())
+    except OSError:
+        pass
+
+
 def tmpdir():
     """A fresh empty directory under /tmp (no tempfile module on MicroPython)."""
     _counter[0] += 1
-    base = "/tmp/openbms-test-%d" % os.getpid() if hasattr(os, "getpid") else "/tmp/openbms-test-mp"
+    base = _base()
     for p in (base, "%s/%d" % (base, _counter[0])):
         try:
             os.mkdir(p)
@@ -105,15 +127,20 @@ def saved_config(d, **changes):
     return d + "/config.json"
 
 
-def make_bms(afe=None, **changes):
-    """A Bms on a FakeAfe with a saved LFP config (changes applied), booted."""
+def boot_bms(config_path, afe=None):
+    """A Bms on a FakeAfe (or afe) with a fake clock, from config_path."""
     from bms.app import Bms
 
     afe = afe or FakeAfe()
     clock = FakeClock()
-    bms = Bms(afe, saved_config(tmpdir(), **changes), "test", clock=clock)
+    bms = Bms(afe, config_path, "test", clock=clock)
     bms.clock = clock
     return bms, afe
+
+
+def make_bms(afe=None, **changes):
+    """A Bms on a FakeAfe with a saved LFP config (changes applied)."""
+    return boot_bms(saved_config(tmpdir(), **changes), afe)
 
 
 def run(bms, ticks):

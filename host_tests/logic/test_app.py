@@ -90,15 +90,44 @@ def test_watchdog_not_fed_without_fresh_measurements():
 
 
 def test_timer_callback_only_schedules_the_tick():
+    import bms.app as app
+
     bms, afe = make_bms()
-    calls = []
-    bms._tick_cb = lambda arg: calls.append(arg)
-    bms._pending = False
-    bms._on_timer(None)
-    # The host shim runs scheduled work at once; what matters is that the
-    # callback handed the tick over and did not read anything itself.
-    assert calls == [0]
-    assert not afe.chg
+    reads = []
+    real_read = afe.read
+    afe.read = lambda m: reads.append(1) or real_read(m)
+    calls = [0]
+    slot = [None]
+
+    def fake_schedule(f, arg):  # stores without allocating: it runs with the heap locked
+        calls[0] += 1
+        slot[0] = f
+
+    real_schedule = app.schedule
+    app.schedule = fake_schedule
+    try:
+        micropython.heap_lock()  # as in a hard timer IRQ on RP2
+        try:
+            bms._on_timer(None)
+            bms._on_timer(None)  # fires again before the tick ran
+        finally:
+            micropython.heap_unlock()
+        assert calls[0] == 1 and reads == []  # handed over, nothing read in the IRQ
+        assert bms.missed_ticks == 1
+        slot[0](0)  # the main context runs it
+        assert reads == [1] and bms.ticks == 1
+        bms._on_timer(None)
+        assert calls[0] == 2 and bms.missed_ticks == 1
+
+        def full(f, arg):
+            raise RuntimeError("schedule queue full")
+
+        slot[0](0)
+        app.schedule = full
+        bms._on_timer(None)
+        assert bms.missed_ticks == 2 and not bms._pending
+    finally:
+        app.schedule = real_schedule
 
 
 def test_uptime_counts_from_clock():

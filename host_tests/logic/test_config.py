@@ -1,8 +1,7 @@
 # Config: presets, validation with one-line errors, crash-safe persistence,
 # and boot with no valid copy (FETs off, config fault saying why).
 from bms import config
-from bms.app import Bms
-from helpers import FakeAfe, FakeClock, tmpdir, run
+from helpers import FakeAfe, boot_bms, tmpdir, run
 
 
 def _error(fn):
@@ -94,6 +93,28 @@ def test_corrupt_main_file_falls_back_to_backup():
     assert "checksum mismatch" in problem
 
 
+def test_saving_over_a_corrupt_file_keeps_the_good_backup():
+    d = tmpdir()
+    p = d + "/c.json"
+    config.save(config.defaults("lfp"), p)
+    config.save(config.defaults("nmc"), p)  # .bak = lfp, main = nmc
+    _write(p, "torn")
+    config.save(config.defaults("lto"), p)
+    assert config.load(p)[0]["chemistry"] == "lto"
+    assert config.load(p + ".bak")[0]["chemistry"] == "lfp"
+
+
+def test_file_with_valid_checksum_but_wrong_types_is_rejected():
+    import json
+
+    d = tmpdir()
+    p = d + "/c.json"
+    for bad in ({"chemistry": [1]}, {"chemistry": "lfp", "cells": "4"}, [], {"x": 1}):
+        body = json.dumps({"version": 1, "config": bad})
+        _write(p, "%s\n%08x\n" % (body, config.crc32(body.encode()) & 0xFFFFFFFF))
+        assert config.load(p)[0] is None, bad
+
+
 def test_every_truncation_of_a_file_is_rejected():
     d = tmpdir()
     p = d + "/c.json"
@@ -127,10 +148,7 @@ def test_power_cut_at_each_step_of_save_leaves_a_valid_copy():
 def test_boot_without_valid_config_keeps_fets_off_with_config_fault():
     d = tmpdir()
     _write(d + "/config.json", "garbage\n")
-    afe = FakeAfe()
-    clock = FakeClock()
-    bms = Bms(afe, d + "/config.json", clock=clock)
-    bms.clock = clock
+    bms, afe = boot_bms(d + "/config.json")
     run(bms, 50)
     assert bms.prot.names(bms.prot.active) == ["config"]
     assert not afe.chg and not afe.dsg
@@ -146,10 +164,7 @@ def test_boot_without_valid_config_keeps_fets_off_with_config_fault():
 def test_config_for_more_cells_than_the_board_has_is_a_config_fault():
     d = tmpdir()
     config.save(config.defaults("lfp", 8), d + "/config.json")
-    afe = FakeAfe(cells=4)
-    clock = FakeClock()
-    bms = Bms(afe, d + "/config.json", clock=clock)
-    bms.clock = clock
+    bms, afe = boot_bms(d + "/config.json", FakeAfe(cells=4))
     run(bms, 5)
     assert "config" in bms.prot.names(bms.prot.active)
     assert bms.config_problem == "cells=8 out of range 1..4 (this board)"

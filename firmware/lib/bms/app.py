@@ -141,13 +141,17 @@ class Bms:
 
     def _on_timer(self, _t):
         # Timer context (soft, or hard on RP2): no allocation, just hand over.
-        if not self._pending:
-            self._pending = True
-            try:
-                schedule(self._tick_cb, 0)
-            except Exception:  # queue full: the tick after this one runs instead
-                self._pending = False
-                self.missed_ticks += 1
+        if self._pending:
+            # The last tick has not run yet (the main context was busy):
+            # this one is lost, and delays run late by a tick. Counted.
+            self.missed_ticks += 1
+            return
+        self._pending = True
+        try:
+            schedule(self._tick_cb, 0)
+        except Exception:  # schedule queue full: the next period tries again
+            self._pending = False
+            self.missed_ticks += 1
 
     def _scheduled_tick(self, _arg):
         self._pending = False

@@ -85,7 +85,9 @@ def _adc_direct(b):
 
 def console_uart(b):
     c = b["console"]
-    kw = {"baudrate": c.get("baudrate", 115200)}
+    # A transmit buffer that holds the longest reply, so uart.write returns
+    # at once and a reply never holds up the next tick.
+    kw = {"baudrate": c.get("baudrate", 115200), "txbuf": c.get("txbuf", 2048)}
     if "tx" in c:
         kw["tx"] = c["tx"]
         kw["rx"] = c["rx"]

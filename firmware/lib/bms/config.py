@@ -289,11 +289,11 @@ def decode(text):
     return Config(values)
 
 
-def _exists(path):
+def _valid(path):
     try:
-        os.stat(path)
+        _read(path)
         return True
-    except OSError:
+    except Exception:
         return False
 
 
@@ -302,7 +302,9 @@ def save(cfg, path):
     bak = path + ".bak"
     with open(tmp, "w") as f:
         f.write(encode(cfg))
-    if _exists(path):
+    # Only a valid current file becomes the backup: a corrupt one must not
+    # replace the last good copy.
+    if _valid(path):
         os.rename(path, bak)
     os.rename(tmp, path)
 
@@ -324,6 +326,6 @@ def load(path):
             return _read(p), p, "; ".join(problems)
         except OSError:
             problems.append("%s missing" % p)
-        except (ConfigError, UnicodeError) as e:
+        except Exception as e:  # whatever is wrong with the file, it is not used
             problems.append("%s: %s" % (p, e))
     return None, None, "; ".join(problems)
