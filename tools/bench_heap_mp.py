@@ -8,6 +8,7 @@ from bms.app import Bms
 
 gc.collect()
 from bms.console import Console
+from bms.reader import UartReader
 
 gc.collect()
 from bms.drivers.adc_direct import AdcDirect, Channel, Linear
@@ -34,6 +35,22 @@ class OutPin:
         self.v = v
 
 
+class Uart:
+    """Console traffic as the UART reader would take it."""
+
+    def __init__(self):
+        self.rx = b""
+
+    def any(self):
+        return len(self.rx)
+
+    def readinto(self, buf):
+        n = min(len(buf), len(self.rx))
+        buf[:n] = self.rx[:n]
+        self.rx = self.rx[n:]
+        return n
+
+
 class Clock:
     now = 0
 
@@ -57,14 +74,17 @@ def main():
     clock = Clock()
     bms = Bms(afe, path, "bench", clock=clock)
     sink = []
-    con = Console(bms, sink.append)
+    uart = Uart()
+    reader = UartReader(uart, Console(bms, sink.append))
     low = gc.mem_free()
     for _ in range(50):
         for _ in range(200):
             clock.now += 100
             bms.tick()
         for line in (b"status --json\n", b"faults\n", b"config get --json\n", b"table\n"):
-            con.feed(line)
+            uart.rx = line
+            while reader.poll():
+                pass
             del sink[:]
         low = min(low, gc.mem_free())
     ok = bms.tick_errors == 0 and bms.valid and afe.chg_pin.v == 1

@@ -43,13 +43,24 @@ _KEY_ORDER = ("state", "cells_mv", "pack_mv", "current_ma", "temps_c", "board_c"
               "name", "unit", "above", "trip", "delay_ticks", "warn", "recover", "recover_ticks", "latch", "opens")
 
 
-def _dumps(obj):
+def _emit(write, obj):
+    """Write obj as JSON in small pieces: no reply is ever built whole in RAM."""
     if isinstance(obj, list):
-        return "[" + ", ".join(_dumps(x) for x in obj) + "]"
-    if not isinstance(obj, dict):
-        return json.dumps(obj)
-    keys = [k for k in _KEY_ORDER if k in obj] + sorted(k for k in obj if k not in _KEY_ORDER)
-    return "{" + ", ".join("%s: %s" % (json.dumps(k), _dumps(obj[k])) for k in keys) + "}"
+        write("[")
+        for i, x in enumerate(obj):
+            if i:
+                write(", ")
+            _emit(write, x)
+        write("]")
+    elif isinstance(obj, dict):
+        keys = [k for k in _KEY_ORDER if k in obj] + sorted(k for k in obj if k not in _KEY_ORDER)
+        write("{")
+        for i, k in enumerate(keys):
+            write('%s"%s": ' % (", " if i else "", k))
+            _emit(write, obj[k])
+        write("}")
+    else:
+        write(json.dumps(obj))
 
 
 class CommandError(Exception):
@@ -140,7 +151,8 @@ class Console:
             self.error("storage: %s" % e)
 
     def _json(self, obj):
-        self.out(_dumps(obj))
+        _emit(self.write, obj)
+        self.write("\r\n")
 
     @staticmethod
     def _no_args(args):
