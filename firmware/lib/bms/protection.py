@@ -159,7 +159,6 @@ class Protection:
         self.count = array("i", [0] * N_ROWS)
         self.trips = array("i", [0] * N_ROWS)
         self.forbid = 0  # FET bits held open by active rows
-        self.changed = 0  # rows whose active flag changed in the last evaluate
 
     def set_table(self, table):
         # One assignment: the tick sees either the old or the new table.
@@ -178,7 +177,6 @@ class Protection:
         active = self.active
         count = self.count
         forbid = 0
-        changed = 0
         for r in range(N_ROWS):
             k = t.quantity[r]
             if qvalid[k]:
@@ -199,14 +197,12 @@ class Protection:
                         if count[r] > t.clear_ticks[r]:
                             active[r] = 0
                             count[r] = 0
-                            changed |= 1 << r
                 elif beyond:
                     count[r] += 1
                     if booting or count[r] > t.trip_ticks[r]:
                         active[r] = 1
                         count[r] = 0
                         self.trips[r] += 1
-                        changed |= 1 << r
                 else:
                     count[r] = 0
                 self.warning[r] = 1 if (warn and not active[r]) else 0
@@ -214,7 +210,6 @@ class Protection:
             if active[r]:
                 forbid |= t.fets[r]
         self.forbid = forbid
-        self.changed = changed
         return forbid
 
     def clear_latched(self, keep=0):
