@@ -127,3 +127,17 @@ def test_precharge_does_not_finish_on_a_stale_reading():
     afe.fresh = False
     run(bms, 3)
     assert not afe.dsg
+
+
+def test_nothing_switches_on_without_a_fresh_reading():
+    bms, afe = make_bms()
+    run(bms, 2)
+    bms.request_fet(DSG, False)
+    run(bms, 1)
+    afe.fresh = False
+    assert bms.request_fet(DSG, True) == ""
+    run(bms, 3)  # within the sensor delay: CHG stays on, DSG stays off
+    assert afe.chg and not afe.dsg
+    afe.fresh = True
+    run(bms, 1)
+    assert afe.dsg

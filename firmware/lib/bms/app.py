@@ -144,14 +144,16 @@ class Bms:
         if self._pending:
             # The last tick has not run yet (the main context was busy):
             # this one is lost, and delays run late by a tick. Counted.
-            self.missed_ticks += 1
+            if self.missed_ticks < _COUNT_MAX:  # a big int would allocate in the IRQ
+                self.missed_ticks += 1
             return
         self._pending = True
         try:
             schedule(self._tick_cb, 0)
         except Exception:  # schedule queue full: the next period tries again
             self._pending = False
-            self.missed_ticks += 1
+            if self.missed_ticks < _COUNT_MAX:
+                self.missed_ticks += 1
 
     def _scheduled_tick(self, _arg):
         self._pending = False

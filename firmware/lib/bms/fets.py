@@ -78,12 +78,17 @@ class Fets:
         allow = self.want & ~forbid
         if self.ship:
             allow = 0
-        self.chg = bool(allow & CHG)
+        chg = bool(allow & CHG)
         dsg = bool(allow & DSG)
+        if not valid:
+            # Without a fresh, plausible reading nothing switches on (nor
+            # does precharge end on a stale current); what is on stays on
+            # until its row or the sensor row opens it.
+            chg = chg and self.chg
+            dsg = dsg and self.dsg
+        self.chg = chg
         if dsg and not self.dsg and self.has_precharge:
-            # Only a fresh reading may end precharge: a stale 0 mA would
-            # close DSG into the inrush.
-            dsg = self._precharge(current_ma) if valid else False
+            dsg = self._precharge(current_ma)
         elif not dsg:
             self.pchg = False
             self._pc_phase = _PC_IDLE

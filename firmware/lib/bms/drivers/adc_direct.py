@@ -121,13 +121,10 @@ class AdcDirect(Afe):
         return self._alert_cb
 
     def _on_alert(self, _pin):
-        # Hard IRQ: open the FETs now, tell the tick later. No allocation.
-        off = 1 - self.on
-        self.chg_pin.value(off)
-        self.dsg_pin.value(off)
-        if self.pchg_pin is not None:
-            self.pchg_pin.value(off)
+        # Hard IRQ: latch first (a set_fets running under us re-checks it),
+        # then open the FETs now; the tick learns of it later. No allocation.
         self._alert[0] = 1
+        self._drive(False, False, False)
 
     def read(self, m):
         prev = 0
@@ -162,15 +159,15 @@ class AdcDirect(Afe):
         return True
 
     def set_fets(self, chg, dsg, pchg=False):
+        if self._alert[0]:
+            chg = dsg = pchg = False  # only 'clear' re-arms after a short
         self._drive(chg, dsg, pchg)
-        # An alert interrupt between the check and the pin writes would be
-        # undone by them: look again afterwards. Only 'clear' re-arms.
+        # An alert interrupt during the pin writes would be undone by them:
+        # look again afterwards.
         if self._alert[0]:
             self._drive(False, False, False)
 
     def _drive(self, chg, dsg, pchg):
-        if self._alert[0]:
-            chg = dsg = pchg = False
         on = self.on
         self.chg_pin.value(on if chg else 1 - on)
         self.dsg_pin.value(on if dsg else 1 - on)
