@@ -28,10 +28,14 @@ if not hasattr(time, "ticks_ms"):
     def sleep_ms(ms):
         time.sleep(ms / 1000)
 
+    def sleep_us(us):
+        time.sleep(us / 1000000)
+
     time.ticks_ms = ticks_ms
     time.ticks_diff = ticks_diff
     time.ticks_add = ticks_add
     time.sleep_ms = sleep_ms
+    time.sleep_us = sleep_us
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -19,7 +19,7 @@ w = simworld.SimWorld(board)
 machine.attach(w)
 
 # Cell taps and the ADC clamp.
-for n, mv in enumerate((3300, 3500, 3100, 3700)):
+for n, mv in enumerate((3300, 3500, 3100, 3700)):  # pinned open-circuit voltages
     w.set_cell(n + 1, mv)
 expect = (1650000, 1700000, 1650000, 1700000)
 for k, tap in enumerate(board["cell_taps"]):
@@ -29,7 +29,7 @@ check(machine.ADC(36).read_uv() == 950000, "ADC starts at 0 dB")
 
 # FETs gate the current.
 cur = machine.ADC(board["current"]["pin"], atten=machine.ADC.ATTN_11DB)
-w.current_ma = 20000
+w.set_current(20000)
 check(cur.read_uv() == 1250000, "charge blocked")
 machine.Pin(board["fets"]["chg"], machine.Pin.OUT, value=1)
 check(cur.read_uv() == 1450000, "charge flows")

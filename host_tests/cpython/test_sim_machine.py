@@ -41,6 +41,8 @@ DSG = _board()["fets"]["dsg"]
 @pytest.fixture
 def world():
     w = simworld.SimWorld(_board())
+    for n in range(1, 5):
+        w.set_cell(n, 3300)  # pinned open-circuit voltages: readings by hand
     machine.attach(w)
     yield w
     machine.attach(None)
@@ -116,7 +118,7 @@ def test_current_pin_and_fet_blocking(world):
     cur = machine.ADC(36, atten=machine.ADC.ATTN_11DB)
     assert cur.read_uv() == 1250000  # zero current
 
-    world.current_ma = 20000  # charger wants 20 A
+    world.set_current(20000)  # charger wants 20 A
     assert world.flowing_ma() == 0 and cur.read_uv() == 1250000  # FETs off at boot
     dsg = machine.Pin(DSG, machine.Pin.OUT, value=1)
     assert world.flowing_ma() == 0  # DSG on does not let charge through
@@ -124,7 +126,7 @@ def test_current_pin_and_fet_blocking(world):
     assert world.pin_out[CHG] == 1
     assert world.flowing_ma() == 20000 and cur.read_uv() == 1450000  # 1250 + 200
 
-    world.current_ma = -50000  # load wants 50 A
+    world.set_current(-50000)  # load wants 50 A
     assert cur.read_uv() == 750000  # 1250 - 500
     dsg.off()
     assert world.pin_out[DSG] == 0 and world.flowing_ma() == 0 and cur.read_uv() == 1250000
@@ -134,7 +136,7 @@ def test_current_pin_and_fet_blocking(world):
 
 
 def test_output_level_reaches_the_wire_only_in_out_mode(world):
-    world.current_ma = 1000
+    world.set_current(1000)
     pin = machine.Pin(CHG)
     pin.value(1)  # latched, but the pin is still an input
     assert CHG not in world.pin_out and world.flowing_ma() == 0
@@ -146,7 +148,7 @@ def test_output_level_reaches_the_wire_only_in_out_mode(world):
 
 def test_active_low_fets(world):
     world.board["fets"]["active_high"] = False
-    world.current_ma = 1000
+    world.set_current(1000)
     assert world.flowing_ma() == 1000  # undriven gates are low = on
     machine.Pin(CHG, machine.Pin.OUT, value=1)
     assert world.flowing_ma() == 0
@@ -248,16 +250,43 @@ def test_idle_advances_one_ms_and_runs_hooks(world):
     assert world.now_ms == 3 and calls == [0, 1, 2]
 
 
-def test_realtime_idle_tracks_the_wall_clock(world):
-    world.realtime = True
+def test_wall_pacing_sleeps_until_the_next_timer(world):
+    world.pace = "wall"
+    world.set_speed(10)  # 10 virtual ms per wall ms
+    hits = []
+    machine.Timer(-1, period=100, callback=lambda t: hits.append(world.now_ms))
     start = time.monotonic()
-    for _ in range(30):
+    for _ in range(5):
         machine.idle()
-    assert time.monotonic() - start >= 0.02
-    before = world.now_ms
-    time.sleep(0.1)  # the firmware blocked without idling
+    wall = time.monotonic() - start
+    assert hits == [100, 200, 300, 400, 500] and world.now_ms == 500
+    assert 0.045 <= wall < 0.5  # 500 virtual ms at 10x: 50 ms of wall time
+
+
+def test_fast_pace_jumps_to_the_next_deadline_and_wakes_for_console_bytes(world):
+    world.pace = "fast"
+    machine.Timer(-1, period=250, callback=lambda t: None)
     machine.idle()
-    assert world.now_ms - before >= 90  # the virtual clock caught up
+    assert world.now_ms == 250
+    world.uart_feed(b"x")
+    machine.idle()  # a byte is waiting: the UART interrupt wakes the MCU now
+    assert world.now_ms == 250
+
+
+def test_pause_stops_time_and_step_runs_exactly(world):
+    world.pace = "fast"
+    world.wait_input = lambda ms: None
+    machine.Timer(-1, period=100, callback=lambda t: None)
+    world.paused = True
+    for _ in range(10):
+        machine.idle()
+    assert world.now_ms == 0
+    done = []
+    world.on_step_done = lambda: done.append(world.now_ms)
+    world.step_to_ms = 1250
+    while not done:
+        machine.idle()
+    assert done == [1250] and world.now_ms == 1250 and world.paused
 
 
 # --- watchdog ----------------------------------------------------------------
@@ -318,7 +347,7 @@ def test_reset_and_reset_cause(world):
 
 
 def test_board_reset_puts_peripherals_back(world):
-    world.current_ma = 1000
+    world.set_current(1000)
     machine.Pin(CHG, machine.Pin.OUT, value=1)
     machine.Timer(-1, period=5, callback=lambda t: 1 / 0)
     world.board_reset(machine.SOFT_RESET)
@@ -399,31 +428,32 @@ def test_hard_irq_on_other_ports(world):
 # --- pack physics ------------------------------------------------------------------
 
 
-def test_physics_off_keeps_cells_as_set(world):
+def test_pinned_cells_hold_their_voltage_and_show_the_ir_drop(world):
     machine.Pin(CHG, machine.Pin.OUT, value=1)
-    world.current_ma = 50000
+    world.set_current(50000)
     world.advance(3600 * 1000)
-    assert world.cell_mv == [3300] * 4
+    r0 = world.pack.cells[0].r0_ohm * world.pack.r_factor()
+    ir = 50.0 * r0 * 1000  # mV of I*R0; the RC pair adds its own
+    for k in range(4):
+        assert world.cell_true_mv(k) >= 3300 + ir
+    world.set_current(0)
+    world.advance(600 * 1000)  # ten RC time constants
+    assert all(abs(world.cell_true_mv(k) - 3300) < 0.5 for k in range(4))
 
 
-def test_physics_charges_and_discharges(world):
-    world.physics = True
-    world.capacity_mah = 1000
-    world.set_cell(3, 3250)
+def test_the_pack_charges_through_chg_and_dsg_blocks_discharge():
+    w = machine.attach(simworld.SimWorld(_board()))
+    soc0 = w.pack.soc_pct()
     machine.Pin(CHG, machine.Pin.OUT, value=1)
-    world.current_ma = 1000
-    soc0 = list(world.cell_soc)
-    world.advance(15 * 60 * 1000)  # +0.25 of capacity
-    assert world.cell_soc[0] == pytest.approx(soc0[0] + 0.25)
-    assert world.cell_soc[2] == pytest.approx(simworld.soc_from_mv(3250) + 0.25)
-    assert all(mv > 3300 for mv in world.cell_mv[:2]) and world.cell_mv[2] > 3250
-    world.current_ma = -1000  # DSG still off: nothing flows
-    before = list(world.cell_mv)
-    world.advance(60 * 60 * 1000)
-    assert world.cell_mv == before
+    w.set_current(25000)  # 0.25 C for an hour: +25 %
+    w.advance(3600 * 1000)
+    assert abs(w.pack.soc_pct() - soc0 - 25.0) < 0.1
+    w.set_current(-50000)  # DSG still off: nothing flows
+    w.advance(3600 * 1000)
+    assert abs(w.pack.soc_pct() - soc0 - 25.0) < 0.1 and w.flowing_ma() == 0
     machine.Pin(DSG, machine.Pin.OUT, value=1)
-    world.advance(60 * 60 * 1000)  # a full capacity out: empty, steep end
-    assert all(mv == 2500 for mv in world.cell_mv)
+    w.advance(3600 * 1000)
+    assert abs(w.pack.soc_pct() - soc0 + 25.0) < 0.1
 
 
 # --- real MicroPython ----------------------------------------------------------------
@@ -449,7 +479,7 @@ STAND_IN_MAIN = """
 import json
 import machine
 
-def main(board_path="/board.json"):
+def main(board_path="/board.json", config_path="/config.json"):
     with open(board_path) as f:
         b = json.load(f)
     u = machine.UART(b["console"]["uart"], b["console"]["baudrate"])
@@ -480,6 +510,22 @@ def main(board_path="/board.json"):
 
 class _Proc:
     # A subprocess whose stdout we can wait on without blocking forever.
+    def wait_for_number(self, prefix, want, tol, timeout=10):
+        """Wait for the next `prefix NUMBER` line; assert NUMBER is want +- tol."""
+        start = len(self.out)
+        deadline = time.monotonic() + timeout
+        while True:
+            tail = self.out[start:].decode(errors="replace")
+            i = tail.find(prefix)
+            if i >= 0 and "\n" in tail[i:]:
+                got = float(tail[i + len(prefix):].split()[0])
+                assert abs(got - want) <= tol, (prefix, got, want)
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError("no %r line in:\n%s" % (prefix, tail))
+            if select.select([self.p.stdout], [], [], 0.1)[0]:
+                self.out += os.read(self.p.stdout.fileno(), 4096)
+
     def __init__(self, args, **kw):
         self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
         self.out = b""
@@ -513,11 +559,11 @@ def test_run_py_virtual_board(tmp_path):
         proc.send("hello")
         proc.wait_for("echo hello")
         proc.send("tap2")
-        proc.wait_for("tap2 1653")  # (3300 + 3310) / 4 = 1652.5
+        proc.wait_for_number("tap2 ", 1652.5, 4)  # (3300 + 3310) / 4, plus ADC noise
         proc.send("sim cell 2 3500")
-        proc.wait_for("sim: cell 2 = 3500 mV")
+        proc.wait_for("sim: cell 2 open-circuit voltage pinned at 3500 mV")
         proc.send("tap2")
-        proc.wait_for("tap2 1700")
+        proc.wait_for_number("tap2 ", 1700, 4)
         proc.send("sim cell 9 1")
         proc.wait_for("error: cell number out of range")
         proc.send("sim frobnicate")
@@ -527,13 +573,13 @@ def test_run_py_virtual_board(tmp_path):
         proc.send("sim current 1000")
         proc.wait_for("sim: current 1000 mA requested, 0 mA flowing")
         proc.send("reset")
-        proc.wait_for("*** board reset\n")
+        proc.wait_for("*** board reset\r\n")
         proc.wait_for("boot 5")
         proc.send("hang")
         proc.wait_for("*** board reset (watchdog)")
         proc.wait_for("boot 3")
         proc.send("tap2")  # the pack kept its state across resets
-        proc.wait_for("tap2 1700")
+        proc.wait_for_number("tap2 ", 1700, 4)
         proc.p.send_signal(signal.SIGINT)
         assert proc.p.wait(timeout=10) == 0
         proc.out += proc.p.stdout.read()

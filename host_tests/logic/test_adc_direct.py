@@ -66,7 +66,7 @@ def _board(alert):
 
     taps = [(Channel(_Adc([1650000]), 1, True), Linear(2.0 * (i + 1))) for i in range(2)]
     return AdcDirect(taps, (Channel(_Adc([1250000]), 1, True), Linear(100, -125000)), [], None,
-                     _Pin(), _Pin(), None, (), True, alert, True)
+                     _Pin(), _Pin(), None, None, True, alert, True)
 
 
 def test_alert_handler_opens_fets_without_allocating():
@@ -103,3 +103,101 @@ def test_saturated_tap_reads_as_an_impossible_cell():
     m = Measurements(2, 0)
     assert afe.read(m)
     assert m.cells_mv[0] == 3300 and m.cells_mv[1] == 0
+
+
+class _LogPin(_Pin):
+    def __init__(self, log, name, v=0):
+        _Pin.__init__(self, v)
+        self.log = log
+        self.name = name
+
+    def value(self, v=None):
+        if v is not None:
+            self.log.append((self.name, v))
+        return _Pin.value(self, v)
+
+
+class _MuxAdc:
+    # The mux output: reads the input its select lines choose.
+    def __init__(self, pins, inputs_uv):
+        self.pins = pins
+        self.inputs = inputs_uv
+
+    def read_uv(self):
+        addr = sum(p.v << i for i, p in enumerate(self.pins))
+        return self.inputs[addr]
+
+
+def test_differential_cells_behind_a_mux_with_pack_divider():
+    from bms.afe import Measurements
+    from bms.drivers.adc_direct import AdcDirect, Mux
+
+    log = []
+    pins = [_LogPin(log, "s%d" % i) for i in range(4)]
+    mux = Mux(pins, 0)
+    # cell k's amplifier output is (3300 + 10 k) mV / 2 at the mux input k
+    adc = _MuxAdc(pins, [(3300 + 10 * k) * 500 for k in range(16)])
+    taps = [(Channel(adc, 2, True, mux=mux, addr=k), Linear(2.0)) for k in range(16)]
+    pack = (Channel(_Adc([53400 * 1000 // 25]), 1, True), Linear(25.0))
+    afe = AdcDirect(taps, (Channel(_Adc([1250000]), 1, True), Linear(100, -125000)), [], None,
+                    _Pin(), _Pin(), differential=True, pack=pack)
+    assert afe.pack_measured and afe.max_cells == 16
+    m = Measurements(16, 0)
+    assert afe.read(m)
+    assert list(m.cells_mv) == [3300 + 10 * k for k in range(16)]
+    assert m.pack_mv == 53400
+    # Only the select lines that change are driven (after the first full
+    # select of input 0: 0 -> 1 flips s0; 1 -> 2 flips s0 and s1).
+    assert log[4:7] == [("s0", 1), ("s0", 0), ("s1", 1)]
+
+
+def test_saturated_pack_divider_reads_zero():
+    from bms.afe import Measurements
+    from bms.drivers.adc_direct import AdcDirect
+
+    taps = [(Channel(_Adc([1650000]), 1, True, max_uv=2450000), Linear(2.0))]
+    pack = (Channel(_Adc([2450000]), 1, True, max_uv=2450000), Linear(25.0))
+    afe = AdcDirect(taps, (Channel(_Adc([1250000]), 1, True), Linear(100, -125000)), [], None,
+                    _Pin(), _Pin(), differential=True, pack=pack)
+    m = Measurements(1, 0)
+    afe.read(m)
+    assert m.cells_mv[0] == 3300 and m.pack_mv == 0
+
+
+class _Spi:
+    def __init__(self, log):
+        self.log = log
+
+    def write(self, buf):
+        self.log.append(("spi", bytes(buf)))
+
+
+def test_shift_register_bleeders_clear_before_enabling_outputs():
+    from bms.drivers.adc_direct import ShiftBleeders
+
+    log = []
+    oe = _LogPin(log, "oe", 1)
+    sr = ShiftBleeders(_Spi(log), _LogPin(log, "latch"), oe, 2)
+    assert sr.n == 16
+    # cleared and latched while /OE is still high, then enabled
+    assert log == [("latch", 0), ("spi", b"\x00\x00"), ("latch", 1), ("latch", 0), ("oe", 0)]
+    del log[:]
+    sr.set(0b1000000000000101)  # cells 1, 3 and 16
+    # cells 9-16 shift out first (they end in the far chip), MSB first
+    assert log == [("spi", b"\x80\x05"), ("latch", 1), ("latch", 0)]
+
+
+def test_shift_register_bleeders_do_not_allocate():
+    import micropython
+    from bms.drivers.adc_direct import ShiftBleeders
+
+    class Quiet:
+        def write(self, buf):
+            pass
+
+    sr = ShiftBleeders(Quiet(), _Pin(), None, 2)
+    micropython.heap_lock()
+    try:
+        sr.set(0x8001)
+    finally:
+        micropython.heap_unlock()

@@ -15,6 +15,8 @@ port's signatures, constants and quirks:
   scheduled); passing it raises TypeError like the board does.
 - ADC channels start at ATTN_0DB (0..950 mV) until atten() is called.
 - Timer(id) with hard=True raises ValueError; one object per hardware id.
+- I2C errors raise OSError(ENODEV) on the ESP32 (EIO on other ports) when
+  the address is not acknowledged; SPI reads 0xFF where no chip drives MISO.
 """
 
 import simworld
@@ -192,6 +194,104 @@ class Timer:
     def __repr__(self):
         mode = "PERIODIC" if self._periodic else "ONE_SHOT"
         return "Timer(%d, mode=%s, period=%d)" % (self.id, mode, self._period)
+
+
+class SPI:
+    """SPI controller on the world's bus `id`; chip models (devices.py) sit
+    on the bus and see the bytes while their chip select is low."""
+
+    MSB = 0
+    LSB = 1
+
+    def __init__(self, id, baudrate=1000000, *, polarity=0, phase=0, bits=8, firstbit=0,
+                 sck=None, mosi=None, miso=None):
+        self._w = _world()
+        self.id = id
+        self.init(baudrate, polarity=polarity, phase=phase, bits=bits, firstbit=firstbit,
+                  sck=sck, mosi=mosi, miso=miso)
+
+    def init(self, baudrate=1000000, *, polarity=0, phase=0, bits=8, firstbit=0, sck=None, mosi=None, miso=None):
+        if bits != 8 or firstbit != SPI.MSB:
+            raise ValueError("only 8-bit MSB-first transfers are simulated")
+        self.baudrate = baudrate
+        self.polarity = polarity
+        self.phase = phase
+        self._w.spi_buses[self.id] = {"sck": sck and _pin_id(sck), "mosi": mosi and _pin_id(mosi),
+                                      "miso": miso and _pin_id(miso), "mode": polarity * 2 + phase}
+
+    def deinit(self):
+        self._w.spi_buses.pop(self.id, None)
+
+    def write(self, buf):
+        self._w.spi_transfer(self.id, buf)
+
+    def read(self, nbytes, write=0x00):
+        return self._w.spi_transfer(self.id, bytes([write]) * nbytes)
+
+    def readinto(self, buf, write=0x00):
+        rx = self._w.spi_transfer(self.id, bytes([write]) * len(buf))
+        buf[0:len(buf)] = rx
+
+    def write_readinto(self, write_buf, read_buf):
+        if len(write_buf) != len(read_buf):
+            raise ValueError("buffers must be the same length")
+        rx = self._w.spi_transfer(self.id, write_buf)
+        read_buf[0:len(read_buf)] = rx
+
+
+def _mem_header(memaddr, addrsize):
+    if addrsize not in (8, 16):
+        raise ValueError("addrsize must be 8 or 16")
+    if addrsize == 16:
+        return bytes(((memaddr >> 8) & 0xFF, memaddr & 0xFF))
+    return bytes((memaddr & 0xFF,))
+
+
+class I2C:
+    """I2C controller on the world's bus `id`; chip models are found by
+    their 7-bit address. A register read is a write of the register address
+    with no stop, a repeated start and the read, as on the wire."""
+
+    def __init__(self, id, *, scl=None, sda=None, freq=400000, timeout=50000):
+        self._w = _world()
+        self.id = id
+        self.freq = freq
+        self.timeout = timeout
+
+    def scan(self):
+        return self._w.i2c_scan(self.id)
+
+    def writeto(self, addr, buf, stop=True):
+        return self._w.i2c_write(self.id, addr, buf, stop)
+
+    def writevto(self, addr, vector, stop=True):
+        data = b"".join(bytes(v) for v in vector)
+        return self._w.i2c_write(self.id, addr, data, stop)
+
+    def readfrom(self, addr, nbytes, stop=True):
+        return self._w.i2c_read(self.id, addr, nbytes, stop)
+
+    def readfrom_into(self, addr, buf, stop=True):
+        data = self._w.i2c_read(self.id, addr, len(buf), stop)
+        buf[0:len(buf)] = data
+
+    def readfrom_mem(self, addr, memaddr, nbytes, *, addrsize=8):
+        self._mem_pointer(addr, memaddr, addrsize)
+        return self._w.i2c_read(self.id, addr, nbytes, True)
+
+    def readfrom_mem_into(self, addr, memaddr, buf, *, addrsize=8):
+        self._mem_pointer(addr, memaddr, addrsize)
+        buf[0:len(buf)] = self._w.i2c_read(self.id, addr, len(buf), True)
+
+    def writeto_mem(self, addr, memaddr, buf, *, addrsize=8):
+        data = _mem_header(memaddr, addrsize) + bytes(buf)
+        if self._w.i2c_write(self.id, addr, data, True) != len(data):
+            raise OSError(simworld.EIO)  # a data byte was not acknowledged
+
+    def _mem_pointer(self, addr, memaddr, addrsize):
+        hdr = _mem_header(memaddr, addrsize)
+        if self._w.i2c_write(self.id, addr, hdr, False) != len(hdr):
+            raise OSError(simworld.EIO)
 
 
 class WDT:

@@ -1,138 +1,186 @@
-"""Minimal virtual board: run the firmware against a simulated pack.
+"""The virtual board: the unmodified firmware on a simulated board and pack,
+inside the real MicroPython interpreter. `python -m tools.vboard` (pty,
+pacing, monitor) and `python -m tools.scenario` (headless runs) start it;
+it can also run by hand from a terminal:
 
-Run from the repository root, under MicroPython:
+    MICROPYPATH=firmware/lib:tools/sim:.frozen micropython tools/sim/run.py \\
+        [--board boards/esp32_adc_4s.json] [--chemistry lfp|nmc] [--cells N]
+        [--config FILE | --fs DIR] [--speed X|max] [--paused] [--scenario FILE]
+        [--headless --out DIR] [--uart-in FD --uart-out FD] [--cells-mv MV,...]
+        [--main firmware/main.py]
 
-    MICROPYPATH=tools/sim:firmware/lib:.frozen micropython tools/sim/run.py \
-        [--board boards/esp32_adc_4s.json] [--cells-mv 3300,3310,3290,3305] \
-        [--main firmware/main.py] [--config FILE]
+The console UART is stdin/stdout, or the file descriptors --uart-in/--uart-out
+(the pty relay of tools/vboard.py; --uart-in must be non-blocking). Lines
+that start with "sim " drive the simulated hardware instead (`sim help`);
+all other bytes reach the firmware's UART unchanged.
 
-The console UART is the terminal: a line typed on stdin goes to the
-firmware's UART, bytes the firmware writes to it go to stdout. Lines that
-start with "sim " drive the simulated hardware instead (type "sim help").
-The firmware runs exactly as on the board: main(board_path) from
-firmware/main.py, which never returns. A watchdog or machine.reset() restarts
-it (fresh modules, peripherals reset, pack unchanged); Ctrl-C ends the run.
---config FILE is passed to main() as its second argument (the config file
-path); without it main() uses its own default.
+The firmware runs exactly as on the board: main(board, config) from
+firmware/main.py, which never returns. A watchdog or machine.reset()
+restarts it (fresh modules, MCU peripherals reset, pack and chips
+unchanged). With --headless the scenario runs as fast as the host can and
+the run ends with its result (exit code 0: every expectation met, 1: not,
+2: bad arguments or scenario).
 """
 
+import json
+import os
 import sys
 
 import select
 
 import machine
+import scenario as scmod
+import simcmd
 import simworld
 
-HELP = """sim commands:
-  sim cell N MV       set cell N (1-based) to MV millivolts
-  sim current MA      pack current asked by load/charger, mA (+ = charging)
-  sim temp N C        NTC N (1-based) to C degrees; N = board for the board NTC
-  sim alert on|off    assert / release the protection alert line
-  sim show            print the simulated hardware state
-  sim help            this text"""
+try:
+    import utime as _clock
+except ImportError:
+    import time as _clock
 
 
-def _parse_args(argv):
-    opts = {"board": "boards/esp32_adc_4s.json", "cells": None, "main": "firmware/main.py", "config": None}
-    names = {"--board": "board", "--cells-mv": "cells", "--main": "main", "--config": "config"}
+USAGE = ("usage: run.py [--board FILE] [--chemistry lfp|nmc] [--cells N] [--config FILE | --fs DIR] "
+         "[--speed X|max] [--paused] [--scenario FILE] [--headless --out DIR] "
+         "[--uart-in FD --uart-out FD] [--cells-mv MV,...] [--main FILE] [--seed N]")
+_OPTS = {"--board": "board", "--cells-mv": "cells_mv", "--main": "main", "--config": "config", "--fs": "fs",
+         "--chemistry": "chemistry", "--cells": "cells", "--speed": "speed", "--scenario": "scenario",
+         "--out": "out", "--uart-in": "uart_in", "--uart-out": "uart_out", "--seed": "seed"}
+_FLAGS = {"--paused": "paused", "--headless": "headless"}
+
+
+def fail(msg):
+    print("error: " + msg)
+    sys.exit(2)
+
+
+def parse_args(argv):
+    opts = {"board": None, "cells_mv": None, "main": "firmware/main.py", "config": None, "fs": None,
+            "chemistry": None, "cells": None, "speed": "1", "scenario": None, "out": None, "uart_in": None,
+            "uart_out": None, "seed": None, "paused": False, "headless": False}
     i = 0
     while i < len(argv):
-        key = names.get(argv[i])
+        a = argv[i]
+        if a in _FLAGS:
+            opts[_FLAGS[a]] = True
+            i += 1
+            continue
+        key = _OPTS.get(a)
         if key is None or i + 1 >= len(argv):
-            print("usage: run.py [--board FILE] [--cells-mv MV,MV,...] [--main FILE] [--config FILE]")
-            sys.exit(2)
+            print(USAGE)
+            fail("bad argument %s" % a)
         opts[key] = argv[i + 1]
         i += 2
+    if opts["headless"] and not opts["scenario"]:
+        fail("--headless needs --scenario")
     return opts
 
 
 class Terminal:
-    """Connects the world's UART queues to stdin/stdout; runs as an idle hook."""
+    """Connects the world's UART queues to the host: an idle hook.
 
-    def __init__(self, world):
+    Bytes from the host reach the firmware's UART as they come, except a
+    line that starts with "sim" + space, which is a simulator command; a few
+    bytes at a line start are held back until that is decided.
+    """
+
+    def __init__(self, world, inp, out):
         self.world = world
+        self.inp = inp
+        self.out = out
         self.poller = select.poll()
-        self.poller.register(sys.stdin, select.POLLIN)
-        self.stdin_open = True
-        self.out = getattr(sys.stdout, "buffer", sys.stdout)
+        self.poller.register(inp, select.POLLIN)
+        self.open = True
+        self.cmds = simcmd.SimCommands(world, self.say)
+        self.hold = bytearray()  # bytes at a line start, maybe "sim "
+        self.at_start = True
+        self.sim_line = None  # bytearray while inside a sim line
+        self.skip_lf = False
+        world.wait_input = self.wait
+
+    def wait(self, ms):
+        # Sleep until host input arrives or ms pass (world pacing, pause).
+        if self.open:
+            self.poller.poll(int(ms))
+        else:
+            _clock.sleep_ms(int(ms))
 
     def pump(self):
         self.flush()
-        if self.stdin_open and self.poller.poll(0):
-            line = sys.stdin.readline()
-            if not line:  # EOF: keep running, stop polling
-                self.poller.unregister(sys.stdin)
-                self.stdin_open = False
-            elif line.strip() == "sim" or line.startswith("sim "):
-                self.sim_command(line.split()[1:])
-            else:
-                self.world.uart_feed(line)
+        if not self.open:
+            return
+        n = 0
+        while n < 512 and self.poller.poll(0):
+            b = self.inp.read(1)
+            if not b:  # EOF: keep running, stop reading
+                self.poller.unregister(self.inp)
+                self.open = False
+                break
+            n += 1
+            self.byte(b[0])
+
+    def byte(self, c):
+        eol = c == 13 or c == 10
+        if self.skip_lf:
+            self.skip_lf = False
+            if c == 10:
+                return
+        if self.sim_line is not None:
+            if eol:
+                line = bytes(self.sim_line).decode()
+                self.sim_line = None
+                self.at_start = True
+                self.skip_lf = c == 13
+                self.command(line)
+            elif len(self.sim_line) < 200:
+                self.sim_line.append(c)
+            return
+        if self.at_start:
+            self.hold.append(c)
+            h = bytes(self.hold)
+            if h == b"sim " or (h[:3] == b"sim" and len(h) == 4 and eol):
+                self.hold = bytearray()
+                if eol:
+                    self.skip_lf = c == 13
+                    self.command("sim")
+                else:
+                    self.sim_line = bytearray(b"sim ")
+                return
+            if b"sim "[:len(h)] == h:
+                return  # could still be "sim "
+            self.world.uart_feed(h)
+            self.hold = bytearray()
+            self.at_start = eol
+            return
+        self.world.uart_feed(bytes((c,)))
+        self.at_start = eol
+
+    def command(self, line):
+        try:
+            text = line.strip()
+        except UnicodeError:
+            text = ""
+        for reply in self.cmds.run(text):
+            self.say(reply)
+
+    def say(self, line):
+        self.flush()  # firmware output first: its lines stay whole
+        self.write((line + "\r\n").encode())
 
     def flush(self):
         data = self.world.uart_take()
         if data:
-            self.out.write(data)
-            if hasattr(self.out, "flush"):
-                self.out.flush()
+            self.write(data)
 
-    def sim_command(self, args):
-        try:
-            print(self._sim(args))
-        except (ValueError, IndexError) as e:
-            print("error: %s" % (e.args[0] if e.args else "bad sim command; try sim help"))
-
-    def _sim(self, args):
-        w = self.world
-        cmd = args[0] if args else "help"
-        if cmd == "help":
-            return HELP
-        if cmd == "cell" and len(args) == 3:
-            n, mv = int(args[1]), int(args[2])
-            if mv < 0:
-                raise ValueError("cell voltage must be >= 0 mV")
-            w.set_cell(n, mv)
-            return "sim: cell %d = %d mV" % (n, mv)
-        if cmd == "current" and len(args) == 2:
-            w.set_current(int(args[1]))
-            return "sim: current %d mA requested, %d mA flowing" % (w.current_ma, w.flowing_ma())
-        if cmd == "temp" and len(args) == 3:
-            c = float(args[2])
-            if args[1] == "board":
-                w.set_board_temp(c)
-                return "sim: board temp = %s C" % c
-            n = int(args[1])
-            if not 1 <= n <= len(w.temps_c):
-                raise ValueError("NTC number out of range (1..%d)" % len(w.temps_c))
-            w.set_temp(n - 1, c)
-            return "sim: temp %d = %s C" % (n, c)
-        if cmd == "alert" and len(args) == 2 and args[1] in ("on", "off"):
-            if args[1] == "on":
-                w.raise_alert()
-            else:
-                w.release_alert()
-            return "sim: alert %s" % args[1]
-        if cmd == "show" and len(args) == 1:
-            return self.show()
-        raise ValueError("bad sim command: %s (try sim help)" % " ".join(args))
-
-    def show(self):
-        w = self.world
-        fets = "chg %s, dsg %s" % ("on" if w.fet_on("chg") else "off", "on" if w.fet_on("dsg") else "off")
-        return "\n".join(
-            (
-                "sim: t=%d ms, reset cause %d" % (w.now_ms, w.reset_cause),
-                "sim: cells mV %s" % (w.cell_mv,),
-                "sim: current %d mA requested, %d mA flowing; FETs %s" % (w.current_ma, w.flowing_ma(), fets),
-                "sim: temps C %s, board %s" % (w.temps_c, w.board_temp_c),
-                "sim: watchdog %s" % (("%d ms" % w.wdt_timeout_ms) if w.wdt_running else "off"),
-            )
-        )
+    def write(self, data):
+        self.out.write(data)
+        if hasattr(self.out, "flush"):
+            self.out.flush()
 
 
 def _load_entry(path):
     """Import the firmware entry module from its file path."""
     i = path.rfind("/")
-    folder, name = (path[:i] or "/", path[i + 1 :]) if i >= 0 else (".", path)
+    folder, name = (path[:i] or "/", path[i + 1:]) if i >= 0 else (".", path)
     if name.endswith(".py"):
         name = name[:-3]
     if folder not in sys.path:
@@ -140,24 +188,147 @@ def _load_entry(path):
     return __import__(name)
 
 
+def _board_path(name):
+    if name is None:
+        return "boards/esp32_adc_4s.json"
+    if name.endswith(".json") or "/" in name:
+        return name
+    return "boards/%s.json" % name
+
+
+def _write_config(path, board, chemistry, cells, changes, keep):
+    """A config in the firmware's own format: board limits, then changes."""
+    from bms import config
+
+    if keep and config.load(path)[0] is not None:
+        return "kept the saved config %s" % path
+    try:
+        cfg = config.defaults(chemistry, cells).with_values(board.get("config") or {})
+        cfg = cfg.with_values(changes or {})
+    except config.ConfigError as e:
+        fail("config: %s" % e)
+    config.save(cfg, path)
+    return "wrote %s (%s, %d cells)" % (path, chemistry, cells)
+
+
+def _mkdirs(path):
+    cur = ""
+    for part in path.split("/"):
+        cur = cur + part + "/" if cur or part else "/"
+        if part:
+            try:
+                os.mkdir(cur)
+            except OSError:
+                pass
+
+
+def _int_opt(opts, key):
+    try:
+        return int(opts[key])
+    except ValueError:
+        fail("%s must be an integer" % key)
+
+
+def setup(opts):
+    """(world, board path, config path, scenario or None, log lines)."""
+    notes = []
+    sc = None
+    if opts["scenario"]:
+        try:
+            sc = scmod.load(opts["scenario"])
+        except scmod.ScenarioError as e:
+            fail(str(e))
+    bpath = _board_path(opts["board"] or (sc["board"] if sc else None))
+    try:
+        board = simworld.load_board(bpath)
+    except OSError:
+        fail("no board file %s" % bpath)
+    chem = opts["chemistry"] or (sc.get("chemistry", "lfp") if sc else "lfp")
+    if chem not in ("lfp", "nmc"):
+        fail("--chemistry must be lfp or nmc")
+    # An explicit --board runs the scenario on that board, at its cell count.
+    if opts["cells"]:
+        cells = _int_opt(opts, "cells")
+    elif sc is not None and not opts["board"]:
+        cells = sc.get("cells", board["cells"])
+    else:
+        cells = board["cells"]
+    if not 1 <= cells <= len(board["cell_taps"]):
+        fail("--cells must be 1..%d on board %s" % (len(board["cell_taps"]), board.get("name")))
+    if sc is not None:
+        sc = dict(sc)
+        sc["chemistry"] = chem
+        sc["cells"] = cells
+        try:
+            world = scmod.build(sc, board)
+        except (scmod.ScenarioError, ValueError) as e:
+            fail(str(e))
+    else:
+        sensors = dict(scmod.DEFAULT_SENSORS)
+        if opts["seed"]:
+            sensors["seed"] = _int_opt(opts, "seed")
+        world = simworld.SimWorld(board, simworld.default_pack(board, cells, chem), sensors)
+        if opts["cells_mv"]:
+            try:
+                mvs = [int(x) for x in opts["cells_mv"].split(",")]
+            except ValueError:
+                fail("--cells-mv needs integers")
+            if len(mvs) != cells:
+                fail("--cells-mv needs %d values" % cells)
+            for n, mv in enumerate(mvs):
+                world.set_cell(n + 1, mv)
+    cfg = opts["config"]
+    if cfg is None:
+        fs = opts["fs"] or "/tmp/openbms-vboard-%s" % os.getenv("USER", "sim")
+        _mkdirs(fs)
+        cfg = fs + "/config.json"
+        notes.append(_write_config(cfg, board, chem, cells, sc.get("config") if sc else None,
+                                   keep=opts["fs"] is not None and not opts["headless"]))
+    return world, bpath, cfg, sc, notes
+
+
+def _pace(world, opts, sc):
+    speed = opts["speed"]
+    if opts["headless"]:
+        speed = "max"
+    if speed == "max":
+        world.pace = "fast"
+        return
+    try:
+        x = float(speed)
+    except ValueError:
+        fail("--speed must be a number or max")
+    if not 0.01 <= x <= 100000:
+        fail("--speed must be 0.01..100000 or max")
+    world.pace = "wall"
+    world.set_speed(x)
+
+
 def run(opts):
     try:
         open(opts["main"]).close()
     except OSError:
-        print("error: firmware entry %s not found" % opts["main"])
-        sys.exit(2)
-    world = simworld.SimWorld(simworld.load_board(opts["board"]))
-    if opts["cells"]:
-        mvs = [int(x) for x in opts["cells"].split(",")]
-        if len(mvs) != len(world.cell_mv):
-            print("error: --cells-mv needs %d values" % len(world.cell_mv))
-            sys.exit(2)
-        for n, mv in enumerate(mvs):
-            world.set_cell(n + 1, mv)
-    world.realtime = True
+        fail("firmware entry %s not found" % opts["main"])
+    world, bpath, cfg, sc, notes = setup(opts)
+    _pace(world, opts, sc)
+    world.paused = opts["paused"]
     machine.attach(world)
-    term = Terminal(world)
-    world.idle_hooks.append(term.pump)
+    runner = None
+    term = None
+    if opts["headless"]:
+        out = opts["out"] or "."
+        _mkdirs(out)
+        runner = scmod.Runner(world, sc, lambda line: None, out + "/log.csv", headless=True)
+    else:
+        inp = open(int(opts["uart_in"]), "rb") if opts["uart_in"] else sys.stdin.buffer
+        outp = open(int(opts["uart_out"]), "wb") if opts["uart_out"] else sys.stdout.buffer
+        term = Terminal(world, inp, outp)
+        world.idle_hooks.append(term.pump)
+        if sc is not None:
+            runner = scmod.Runner(world, sc, term.say, headless=False)
+    for n in notes:
+        print("sim: " + n)
+    t0 = _clock.ticks_ms()
 
     # Modules present now belong to the simulator; anything imported later is
     # firmware and gets re-imported after a reset, like a real reboot.
@@ -165,27 +336,26 @@ def run(opts):
     while True:
         try:
             entry = _load_entry(opts["main"])
-            if opts["config"]:
-                entry.main(opts["board"], opts["config"])
-            else:
-                entry.main(opts["board"])
-            term.flush()
+            entry.main(bpath, cfg)
             print("*** main() returned")
             sys.exit(1)
         except machine.WatchdogReset:
             cause = machine.WDT_RESET
-            term.flush()
-            print("*** board reset (watchdog)")
+            _say(term, "*** board reset (watchdog)")
         except machine.BoardReset:
             cause = machine.SOFT_RESET
-            term.flush()
-            print("*** board reset")
+            _say(term, "*** board reset")
+        except scmod.ScenarioStop:
+            wall = _clock.ticks_diff(_clock.ticks_ms(), t0) / 1000.0
+            return _finish(runner, opts, wall)
         except KeyboardInterrupt:
-            term.flush()
+            if term is not None:
+                term.flush()
             print()
             sys.exit(0)
         except Exception:
-            term.flush()  # show what the firmware said before it crashed
+            if term is not None:
+                term.flush()  # show what the firmware said before it crashed
             raise
         world.board_reset(cause)
         for name in list(sys.modules):
@@ -193,5 +363,28 @@ def run(opts):
                 del sys.modules[name]
 
 
+def _say(term, line):
+    if term is not None:
+        term.say(line)
+    else:
+        print(line)
+
+
+def _finish(runner, opts, wall):
+    res = runner.finish()
+    res["wall_s"] = wall
+    res["speed"] = res["sim_s"] / wall if wall > 0 else None
+    out = opts["out"] or "."
+    with open(out + "/result.json", "w") as f:
+        f.write(json.dumps(res))
+    with open(out + "/console.txt", "w") as f:
+        f.write("\n".join(runner.transcript) + "\n")
+    for r in res["expectations"]:
+        print("%s %s: %s" % ("PASS" if r["passed"] else "FAIL", r["expect"], r["detail"]))
+    print("%s %s: %.0f s simulated in %.1f s" % ("PASSED" if res["passed"] else "FAILED", res["scenario"],
+                                                   res["sim_s"], wall))
+    sys.exit(0 if res["passed"] else 1)
+
+
 if __name__ == "__main__":
-    run(_parse_args(sys.argv[1:]))
+    run(parse_args(sys.argv[1:]))

@@ -1,16 +1,30 @@
 """The simulated hardware around the MCU: one BMS board and its battery pack.
 
 A SimWorld is built from a board definition (the parsed boards/*.json) and
-models the CIRCUIT of a direct-ADC board, not the firmware:
+models the CIRCUIT of the board, not the firmware:
 
-- cell taps: resistor dividers, tap k sees (cell 1 + ... + cell k) / scale;
-- current sensor: an amplified shunt, pin = zero_mv + flowing_ma / ma_per_mv;
-- NTCs: NTC to ground with a pull-up to vref (Beta equation);
-- FETs: gates driven by GPIOs; a FET that is off blocks current in its
-  direction (charge FET blocks charging, discharge FET blocks discharging);
-- an alert line from a protection chip into a GPIO with an IRQ;
-- a virtual millisecond clock carrying timers and the watchdog;
-- two byte queues standing in for the console UART.
+- the pack (pack.Pack: cells with OCV, resistance, an RC pair, capacity,
+  self-discharge and a lumped thermal model) and what drives its current
+  (sources.py: loads, chargers, solar, shorts, or a manual current source);
+- cell measurement: cumulative taps on resistor dividers (tap k sees
+  (cell 1 + ... + cell k) / scale), or one difference amplifier per cell
+  (cell / scale) behind an analog multiplexer whose select lines are GPIOs;
+  an optional pack-voltage divider;
+- current sensor: an amplified shunt, pin = zero_mv + measured_ma / ma_per_mv,
+  with offset and gain error;
+- NTCs: NTC to ground with a pull-up to vref (Beta equation), reading the
+  pack's lumped temperature (cell sensors) or the board's (board sensor);
+- FETs: gates driven by GPIOs; an open FET blocks current in its direction;
+- bleeders: a resistor across a cell, switched by a GPIO or by a 74HC595
+  chain on SPI; it drains its own cell and heats the board;
+- an alert line from a short-circuit comparator into a GPIO with an IRQ;
+- I2C and SPI buses carrying chip models (devices.py);
+- a virtual clock carrying timers and the watchdog, paced three ways:
+  "step" (idle() = 1 ms, for unit tests), "fast" (idle() sleeps until the
+  next timer like a real MCU, in no wall time) and "wall" (the same, paced to
+  `speed` x the wall clock);
+- two byte queues standing in for the console UART;
+- injectable faults (FAULTS).
 
 The simulated `machine` module (tools/sim/machine.py) is a thin layer over
 this: every peripheral object keeps its state here so that the test (or
@@ -22,9 +36,9 @@ sticks to the common subset: no dataclasses/typing/enum, `math` only.
 
 import math
 
-try:
-    from time import sleep_ms, ticks_diff, ticks_ms
-except ImportError:  # CPython: tools may use the host clock
+try:  # the host's own clock: MicroPython's `time` may be the virtual one
+    from utime import sleep_ms, ticks_diff, ticks_ms
+except ImportError:
     import time as _time
 
     def ticks_ms():
@@ -45,6 +59,10 @@ except ImportError:
 _heap_lock = getattr(_micropython, "heap_lock", None)
 _heap_unlock = getattr(_micropython, "heap_unlock", None)
 
+import devices
+import pack as packmod
+import sources as srcmod
+from prng import Prng
 
 # machine.reset_cause() values of the ESP32 port.
 PWRON_RESET = 1
@@ -87,18 +105,35 @@ _ESP32_FIRST_INPUT_ONLY = 34
 _ESP32_ADC_GPIOS = (0, 2, 4, 12, 13, 14, 15, 25, 26, 27) + tuple(range(32, 40))
 _ESP32_HW_TIMERS = 4
 
-# LFP-like open-circuit voltage, (state of charge, mV); flat plateau between
-# about 3.2 and 3.35 V with steep ends. Only used when world.physics is on.
-_OCV_TABLE = (
-    (0.00, 2500),
-    (0.02, 2900),
-    (0.08, 3200),
-    (0.30, 3270),
-    (0.70, 3300),
-    (0.95, 3340),
-    (0.99, 3450),
-    (1.00, 3600),
-)
+# errno values the ports raise (MicroPython uses Linux numbers).
+EIO = 5
+ENODEV = 19
+ETIMEDOUT = 116
+
+# Faults `sim fault NAME on|off [N]` can inject; N (1-based) picks the cell
+# or sensor where it applies.
+FAULTS = {
+    "afe_nack": "the front-end does not answer (I2C NACK; ADC reads fail)",
+    "afe_crc": "bit errors on the front-end link (its CRC catches them)",
+    "stuck_cell": "cell N's measurement input freezes at its present value",
+    "ntc_open": "thermistor N open (broken wire)",
+    "ntc_short": "thermistor N shorted",
+    "load_short": "a short circuit across the pack terminals (5 mOhm)",
+    "charger_overvoltage": "the charger's voltage regulation fails: it keeps pushing its current limit",
+    "firmware_hang": "the firmware's next hardware access never returns (watchdog starvation)",
+}
+
+# Board circuit values the board file does not give (its optional "sim"
+# object overrides them).
+_SIM_DEFAULTS = {
+    "fet_mohm": 0.5,  # both FETs and the shunt in series
+    "board_j_per_k": 60.0,  # lumped board thermal mass
+    "board_k_per_w": 4.0,  # board to ambient
+    "short_mohm": 5.0,  # the load_short fault
+    "broken_charger_c": 0.3,  # a faulty charger that appears with charger_overvoltage: 0.3 C
+    "power_up_595": 0xA5A5A5A5,  # arbitrary shift-register contents at power-up
+}
+_MAX_STEP_MS = 1000  # physics sub-step: sources change, integration stays fine
 
 
 class WatchdogReset(BaseException):
@@ -123,29 +158,6 @@ def load_board(path):
         return json.load(f)
 
 
-def _interp(x, table, xi, yi):
-    # Piecewise-linear interpolation over a monotonic table, clamped at ends.
-    if x <= table[0][xi]:
-        return float(table[0][yi])
-    for k in range(1, len(table)):
-        x1 = table[k][xi]
-        if x <= x1:
-            x0 = table[k - 1][xi]
-            y0 = table[k - 1][yi]
-            return y0 + (table[k][yi] - y0) * (x - x0) / (x1 - x0)
-    return float(table[-1][yi])
-
-
-def ocv_mv(soc):
-    """Open-circuit voltage (mV, float) of the LFP-like model at soc 0..1."""
-    return _interp(soc, _OCV_TABLE, 0, 1)
-
-
-def soc_from_mv(mv):
-    """Inverse of ocv_mv()."""
-    return _interp(mv, _OCV_TABLE, 1, 0)
-
-
 def ntc_pin_mv(cfg, temp_c, is_open=False, is_short=False):
     """Voltage (mV) at the ADC pin of an NTC-to-ground with a pull-up to vref."""
     vref = cfg.get("vref_mv", 3300)
@@ -159,35 +171,78 @@ def ntc_pin_mv(cfg, temp_c, is_open=False, is_short=False):
     return vref * r / (r + cfg["pullup"])
 
 
-class SimWorld:
-    """The board's hardware and the pack, driven by tests or by run.py."""
+def default_pack(board, cells=None, chemistry="lfp"):
+    """A pack that fits the board: its cell count, 100 Ah, half full."""
+    cap = (board.get("config") or {}).get("capacity_mah", 100000) / 1000.0
+    return packmod.Pack(chemistry=chemistry, cells=cells or board["cells"], capacity_ah=cap, soc_pct=50.0)
 
-    def __init__(self, board):
+
+def _daily(points, hour):
+    # Linear interpolation over [[hour, value], ...], wrapping at midnight.
+    pts = sorted(points)
+    prev = (pts[-1][0] - 24.0, pts[-1][1])
+    for h, v in pts:
+        if hour <= h:
+            span = h - prev[0]
+            f = (hour - prev[0]) / span if span else 1.0
+            return prev[1] + (v - prev[1]) * f
+        prev = (h, v)
+    h0, v0 = pts[0]
+    span = h0 + 24.0 - prev[0]
+    return prev[1] + (v0 - prev[1]) * ((hour - prev[0]) / span if span else 1.0)
+
+
+class SimWorld:
+    """The board's hardware and the pack, driven by tests or by run.py.
+
+    pack: a pack.Pack (default: default_pack(board)); its cell count may be
+    below the board's (unpopulated inputs: taps tied to the top of the
+    stack, difference amplifiers shorted to 0 V).
+    sensors: measurement errors {"adc_noise_mv": sigma at the pin,
+    "shunt_offset_ma", "shunt_gain_pct", "seed"}; all 0 by default so unit
+    tests can compute readings by hand.
+    """
+
+    def __init__(self, board, pack=None, sensors=None):
         self.board = board
         self.esp32 = board.get("mcu") == "esp32"
+        sim = dict(_SIM_DEFAULTS)
+        sim.update(board.get("sim") or {})
+        self.sim = sim
 
-        # --- pack and sensors (what a test or run.py sets) ---
-        ncells = board["cells"]
-        self.cell_mv = [3300] * ncells
-        # Per-tap divider gain error, keyed by tap number (1-based, tap k
-        # measures cells 1..k); missing taps are exact (1.0).
+        # --- the pack and what drives its current ---
+        self.pack = pack if pack is not None else default_pack(board)
+        if self.pack.n > len(board["cell_taps"]):
+            raise ValueError("board %s measures at most %d cells" % (board.get("name"), len(board["cell_taps"])))
+        self.sources = []  # sources.py objects (a scenario's profile)
+        self.manual_ma = None  # set_current(): an ideal current source replacing the sources
+        self.day_start_s = 0.0  # time of day at virtual t = 0 (for the profiles)
+        self._fault_sources = []
+        self.current_a = 0.0  # what flows now, + = charging (kept up to date)
+
+        # --- sensors and their errors ---
+        sensors = sensors or {}
+        self.shunt_offset_ma = sensors.get("shunt_offset_ma", 0)
+        self.shunt_gain = 1.0 + sensors.get("shunt_gain_pct", 0) / 100.0
+        sigma = sensors.get("adc_noise_mv", 0)
+        self._noise = Prng(sensors.get("seed", 1)).table(1024, sigma) if sigma else [0.0]
+        self._noise_mask = len(self._noise) - 1
+        self._noise_i = 0
+        # Per-input gain error, keyed by input number (1-based: tap k, or
+        # the amplifier of cell k); missing inputs are exact (1.0).
         self.tap_gain_error = {}
-        self.current_ma = 0  # requested by load/charger, + = charging
         ntcs = board.get("ntc") or []
-        self.temps_c = [25.0] * len(ntcs)
+        self.temp_pin = [None] * len(ntcs)  # pinned sensor temperatures, else the pack's
         self.ntc_open = [False] * len(ntcs)
         self.ntc_short = [False] * len(ntcs)
-        self.board_temp_c = 25.0
+        self.board_temp_c = self.pack.ambient_c  # the board's own lumped temperature
+        self.board_temp_pinned = None
         self.board_ntc_open = False
         self.board_ntc_short = False
         # Test hook: {pin: mV} forces the analog voltage of a pin.
         self.analog_mv = {}
-
-        # --- optional pack physics (off: cell voltages stay as set) ---
-        self.physics = False
-        self.capacity_mah = 100000
-        self.cell_soc = [soc_from_mv(mv) for mv in self.cell_mv]
-        self._phys_mv = list(self.cell_mv)
+        self.faults = {}  # active fault name -> its argument (cell/sensor number)
+        self._frozen = {}  # input number -> mV held by stuck_cell
 
         # --- GPIO state, per pin number (shared by every Pin object) ---
         self.pin_out = {}  # levels the MCU actually drives: {pin: 0/1}
@@ -197,9 +252,13 @@ class SimWorld:
         self.pin_latch = {}  # output register, driven once the pin is OUT
         self.pin_irq = {}  # {pin: (Pin object, handler, trigger, hard)}
         self.adc_atten = {}  # per ADC channel, sticky like the hardware
+        self._watchers = {}  # {pin: [callback(level)]} of chip models
+        self._pulled_down = set()  # board pull-downs (an undriven pin reads 0)
 
         # --- time, timers, watchdog ---
         self.now_ms = 0
+        self._us = 0  # sub-millisecond time from sleep_us()
+        self.boot_ms = 0  # when the MCU last came out of reset (ticks_ms() is 0 there)
         self.timers = []  # armed machine.Timer objects
         self._timer_seq = 0
         self.wdt_running = False
@@ -208,54 +267,151 @@ class SimWorld:
         self.wdt_expired = False
         self.reset_requested = False
         self.reset_cause = PWRON_RESET
-        self.realtime = False
-        self._rt_origin = None  # (wall ticks, virtual ms) when realtime began
+        self.resets = 0  # board resets so far (watchdog or machine.reset)
+        self.virtual_time = True  # time.ticks_ms() reads this clock (tools/sim/time.py)
+        self.pace = "step"  # "step", "fast" or "wall" (see the module docstring)
+        self.speed = 1.0  # for "wall": virtual seconds per wall second
+        self.paused = False
+        self.step_to_ms = None  # while paused: run until this time, then pause again
+        self.on_step_done = None  # called when a paused step completes
+        # wait_input(ms): block up to ms for host input (run.py sets it);
+        # the default just sleeps.
+        self.wait_input = sleep_ms
+        self._rt_origin = None  # (wall ticks, virtual ms) when wall pacing began
         self.idle_hooks = []  # called (no args) from every idle()
+        self.step_hooks = []  # called (dt_ms) after every physics step
+        self.ambient_profile = None  # [[hour, degC], ...]: daily ambient, interpolated
 
         # --- console UART: host -> firmware and firmware -> host ---
         self.uart_rx = bytearray()
         self.uart_tx = bytearray()
 
-        # Map each analog pin to what is wired to it.
-        self._analog = {}
-        for k, tap in enumerate(board.get("cell_taps") or []):
-            self._analog[tap["pin"]] = ("tap", k)
-        if board.get("current"):
-            self._analog[board["current"]["pin"]] = ("current", 0)
-        for i, cfg in enumerate(ntcs):
-            self._analog[cfg["pin"]] = ("ntc", i)
-        if board.get("board_ntc"):
-            self._analog[board["board_ntc"]["pin"]] = ("board_ntc", 0)
+        # --- buses and chip models ---
+        self.spi_devices = {}  # {bus id: [device]}
+        self.i2c_devices = {}  # {bus id: {address: device}}
+        self.spi_buses = {}  # {bus id: {"sck":, "mosi":, "miso":}} as the firmware set them up
 
-        # The alert line idles at its inactive level (external pull).
-        alert = board.get("alert")
-        if alert:
-            self.pin_in[alert["pin"]] = 1 if alert.get("active_low", True) else 0
+        self._map_circuit()
+        self._stale = True  # what flows and the cell voltages need recomputing
 
     @classmethod
-    def from_file(cls, path):
-        return cls(load_board(path))
+    def from_file(cls, path, pack=None, sensors=None):
+        return cls(load_board(path), pack, sensors)
 
     # ------------------------------------------------------------------
-    # Pack and sensors
+    # Circuit construction from the board file
     # ------------------------------------------------------------------
+
+    def _map_circuit(self):
+        b = self.board
+        self._analog = {}  # pin -> ("tap", k) | ("cell", k) | ("pack", 0) | ("current", 0) | ("ntc", i) | ("board_ntc", 0)
+        self._diff = b.get("cell_inputs", "cumulative") == "differential"
+        self._mux = b.get("mux")
+        self._mux_inputs = {}  # mux input -> ("cell", k)
+        kind = "cell" if self._diff else "tap"
+        for k, tap in enumerate(b.get("cell_taps") or []):
+            if "mux" in tap:
+                self._mux_inputs[tap["mux"]] = (kind, k)
+            else:
+                self._analog[tap["pin"]] = (kind, k)
+        if self._mux:
+            self._analog[self._mux["pin"]] = ("mux", 0)
+            for p in self._mux["select"]:
+                self._pulled_down.add(p)
+        if b.get("pack_tap"):
+            self._analog[b["pack_tap"]["pin"]] = ("pack", 0)
+        if b.get("current"):
+            self._analog[b["current"]["pin"]] = ("current", 0)
+        for i, cfg in enumerate(b.get("ntc") or []):
+            self._analog[cfg["pin"]] = ("ntc", i)
+        if b.get("board_ntc"):
+            self._analog[b["board_ntc"]["pin"]] = ("board_ntc", 0)
+
+        # Pins whose level changes what flows (FET gates, bleeders).
+        self._current_pins = set()
+        f = b.get("fets") or {}
+        for name in ("chg", "dsg", "precharge"):
+            if f.get(name) is not None:
+                self._current_pins.add(f[name])
+        self.bleed_ohm = b.get("balance_ohm", 33)
+        bal = b.get("balance")
+        self._bleed_pins = None
+        self.shift595 = None
+        if isinstance(bal, list):
+            self._bleed_pins = list(bal)
+            for p in bal:
+                self._current_pins.add(p)
+        elif isinstance(bal, dict) and bal.get("shift595"):
+            sr = bal["shift595"]
+            oe = sr.get("oe")
+            if oe is not None:
+                self.pin_in[oe] = 1  # the board's pull-up: outputs off until driven low
+                self._current_pins.add(oe)
+            self.shift595 = devices.Hc595Chain(self, sr["count"], sr["latch"], oe, self.sim["power_up_595"])
+            self.add_spi_device(sr["spi"], self.shift595)
+
+        # The alert line idles at its inactive level (external pull).
+        alert = b.get("alert")
+        self.alert_forced = None  # None: the comparator decides; True/False: forced by a test
+        if alert:
+            self.pin_in[alert["pin"]] = 1 if alert.get("active_low", True) else 0
+        self._alert_trip_ma = alert.get("trip_ma") if alert else None
+
+    # ------------------------------------------------------------------
+    # Pack, sources and sensors (what a test, run.py or a scenario sets)
+    # ------------------------------------------------------------------
+
+    def changed(self):
+        """Something that affects the circuit changed: recompute lazily.
+        Allocation-free (it runs inside simulated hard IRQs)."""
+        self._stale = True
+
+    def n_cells(self):
+        return self.pack.n
 
     def set_cell(self, n, mv):
-        """Set the true voltage of cell n (1-based) in mV."""
-        if not 1 <= n <= len(self.cell_mv):
-            raise ValueError("cell number out of range")
-        self.cell_mv[n - 1] = int(mv)
+        """Pin cell n's (1-based) open-circuit voltage at mv until free_cell(n)."""
+        if not 1 <= n <= self.pack.n:
+            raise ValueError("cell number out of range (1..%d)" % self.pack.n)
+        self.pack.pin(n - 1, float(mv))
+        self.changed()
+
+    def free_cell(self, n):
+        if not 1 <= n <= self.pack.n:
+            raise ValueError("cell number out of range (1..%d)" % self.pack.n)
+        self.pack.unpin(n - 1)
+        self.changed()
 
     def set_current(self, ma):
-        """Pack current the load/charger asks for (mA, + = charging)."""
-        self.current_ma = int(ma)
+        """An ideal current source in place of the sources (mA, + = charging);
+        None hands the current back to the sources."""
+        self.manual_ma = None if ma is None else int(ma)
+        self.changed()
 
     def set_temp(self, i, c):
-        """Temperature of NTC i (0-based index into board["ntc"])."""
-        self.temps_c[i] = float(c)
+        """Pin NTC i's (0-based index into board["ntc"]) temperature; None frees it."""
+        self.temp_pin[i] = None if c is None else float(c)
+        self.changed()
 
     def set_board_temp(self, c):
-        self.board_temp_c = float(c)
+        self.board_temp_pinned = None if c is None else float(c)
+        self.changed()
+
+    def set_ambient(self, c):
+        self.pack.ambient_c = float(c)
+        self.changed()
+
+    def sensor_temp_c(self, i):
+        """The temperature NTC i sees: pinned, else the pack's."""
+        t = self.temp_pin[i]
+        return self.pack.temp_c if t is None else t
+
+    def board_temp(self):
+        t = self.board_temp_pinned
+        return self.board_temp_c if t is None else t
+
+    def time_of_day_s(self):
+        return (self.day_start_s + self.now_ms / 1000.0) % 86400.0
 
     def fet_on(self, name):
         """True if FET `name` ("chg"/"dsg") conducts, from its gate GPIO."""
@@ -269,35 +425,185 @@ class SimWorld:
         return level == 0
 
     def flowing_ma(self):
-        """The current that actually flows (body diodes ignored)."""
-        i = self.current_ma
-        if i > 0 and not self.fet_on("chg"):
-            return 0
-        if i < 0 and not self.fet_on("dsg"):
-            return 0
-        return i
+        """The current that actually flows (mA, + = charging)."""
+        self._refresh()
+        return int(round(self.current_a * 1000))
+
+    def bleeding(self, k):
+        """True if cell k's (0-based) bleeder conducts."""
+        if self._bleed_pins is not None:
+            return k < len(self._bleed_pins) and self.pin_out.get(self._bleed_pins[k], 0) == 1
+        if self.shift595 is not None:
+            return k < self.shift595.bits and self.shift595.output(k) == 1
+        return False
+
+    def bleed_a(self, k):
+        if not self.bleeding(k):
+            return 0.0
+        return self.pack.cell_mv(k, self.current_a) / 1000.0 / self.bleed_ohm
+
+    def cell_true_mv(self, k):
+        """Terminal voltage of cell k (0-based) now, as a voltmeter would read it."""
+        self._refresh()
+        return self._cell_mv[k]
+
+    def _refresh(self):
+        # Recompute what flows and every analog input once per change.
+        if not self._stale:
+            return
+        self._stale = False
+        p = self.pack
+        chg = self.fet_on("chg")
+        dsg = self.fet_on("dsg")
+        srcs = self.sources if self.manual_ma is None else [srcmod.Constant(self.manual_ma / 1000.0)]
+        if self._fault_sources:
+            srcs = srcs + self._fault_sources
+        self.current_a = srcmod.solve(srcs, self.time_of_day_s(), p, chg, dsg) if srcs else 0.0
+        n = p.n
+        cells = []
+        for k in range(n):
+            i = self.current_a - (p.cell_mv(k, self.current_a) / 1000.0 / self.bleed_ohm if self.bleeding(k) else 0.0)
+            cells.append(p.cell_mv(k, i))
+        self._cell_mv = cells
+        self._update_comparator()
+
+    def _input_mv(self, kind, k):
+        # Voltage of cell-measurement input k (tap or amplifier output).
+        frozen = self._frozen.get(k)
+        if frozen is not None:
+            return frozen
+        b = self.board
+        cells = self._cell_mv
+        n = len(cells)
+        scale = b["cell_taps"][k]["scale"]
+        if kind == "cell":
+            v = cells[k] if k < n else 0.0  # unpopulated input shorted
+        else:
+            v = 0.0
+            for j in range(min(k + 1, n)):  # unpopulated taps tied to the top
+                v += cells[j]
+        return v / scale * self.tap_gain_error.get(k + 1, 1.0)
+
+    def _role_mv(self, role):
+        kind, k = role
+        b = self.board
+        if kind == "tap" or kind == "cell":
+            return self._input_mv(kind, k)
+        if kind == "mux":
+            addr = 0
+            sel = self._mux["select"]
+            for i in range(len(sel)):
+                addr |= self.read_pin(sel[i]) << i
+            r = self._mux_inputs.get(addr)
+            return self._input_mv(r[0], r[1]) if r else 0.0
+        if kind == "pack":
+            total = 0.0
+            for v in self._cell_mv:
+                total += v
+            return total / b["pack_tap"]["scale"]
+        if kind == "current":
+            cur = b["current"]
+            measured = self.current_a * 1000.0 * self.shunt_gain + self.shunt_offset_ma
+            return cur["zero_mv"] + measured / cur["ma_per_mv"]
+        if kind == "ntc":
+            return ntc_pin_mv(b["ntc"][k], self.sensor_temp_c(k), self.ntc_open[k], self.ntc_short[k])
+        return ntc_pin_mv(b["board_ntc"], self.board_temp(), self.board_ntc_open, self.board_ntc_short)
 
     def pin_mv(self, pin):
         """Analog voltage (mV, float) at a pin, from the circuit."""
         if pin in self.analog_mv:
             return float(self.analog_mv[pin])
+        self._refresh()
         role = self._analog.get(pin)
         if role is None:
             return 0.0
-        kind, k = role
-        b = self.board
-        if kind == "tap":
-            tap = b["cell_taps"][k]
-            total = 0
-            for j in range(k + 1):
-                total += self.cell_mv[j]
-            return total / tap["scale"] * self.tap_gain_error.get(k + 1, 1.0)
-        if kind == "current":
-            cur = b["current"]
-            return cur["zero_mv"] + self.flowing_ma() / cur["ma_per_mv"]
-        if kind == "ntc":
-            return ntc_pin_mv(b["ntc"][k], self.temps_c[k], self.ntc_open[k], self.ntc_short[k])
-        return ntc_pin_mv(b["board_ntc"], self.board_temp_c, self.board_ntc_open, self.board_ntc_short)
+        return self._role_mv(role)
+
+    # ------------------------------------------------------------------
+    # Faults
+    # ------------------------------------------------------------------
+
+    def has_afe_link(self):
+        """True if the front-end talks over a checksummed bus (chip models)."""
+        for bus in self.i2c_devices.values():
+            for dev in bus.values():
+                if getattr(dev, "afe", False):
+                    return True
+        for devs in self.spi_devices.values():
+            for dev in devs:
+                if getattr(dev, "afe", False):
+                    return True
+        return False
+
+    def set_fault(self, name, on, arg=None):
+        """Inject (on=True) or remove a fault; ValueError says why not."""
+        if name not in FAULTS:
+            raise ValueError("unknown fault %s (one of %s)" % (name, ", ".join(sorted(FAULTS))))
+        n_ntc = len(self.ntc_open)
+        if name == "afe_crc" and not self.has_afe_link():
+            raise ValueError("afe_crc: board %s reads its cells by ADC, it has no checksummed front-end link"
+                             % self.board.get("name"))
+        if name in ("ntc_open", "ntc_short"):
+            arg = 1 if arg is None else arg
+            if not 1 <= arg <= n_ntc:
+                raise ValueError("%s: thermistor number out of range (1..%d)" % (name, n_ntc))
+        if name == "stuck_cell":
+            arg = 1 if arg is None else arg
+            if not 1 <= arg <= self.pack.n:
+                raise ValueError("stuck_cell: cell number out of range (1..%d)" % self.pack.n)
+        if on:
+            if name in self.faults:
+                return
+            self.faults[name] = arg
+        else:
+            if name not in self.faults:
+                return
+            arg = self.faults.pop(name)
+        self._apply_fault(name, on, arg)
+        self.changed()
+
+    def _apply_fault(self, name, on, arg):
+        if name == "ntc_open":
+            self.ntc_open[arg - 1] = on
+        elif name == "ntc_short":
+            self.ntc_short[arg - 1] = on
+        elif name == "stuck_cell":
+            if on:
+                self._refresh()
+                # freeze the input carrying this cell (its tap on a divider board)
+                self._frozen[arg - 1] = self._input_mv("cell" if self._diff else "tap", arg - 1)
+            else:
+                self._frozen.pop(arg - 1, None)
+        elif name == "load_short":
+            if on:
+                self._short = srcmod.Short(self.sim["short_mohm"] / 1000.0)
+                self._fault_sources.append(self._short)
+            else:
+                self._fault_sources.remove(self._short)
+        elif name == "charger_overvoltage":
+            chargers = [s for s in self.sources if isinstance(s, srcmod.Charger)]
+            if on and not chargers:
+                cap_a = self.pack.cells[0].capacity_as / 3600.0
+                self._broken = srcmod.Charger(self.sim["broken_charger_c"] * cap_a, 3650)
+                self._broken.cv_failed = True
+                self._fault_sources.append(self._broken)
+            elif not on and getattr(self, "_broken", None) in self._fault_sources:
+                self._fault_sources.remove(self._broken)
+            for c in chargers:
+                c.cv_failed = on
+
+    def _front_end_access(self):
+        # Every ADC read goes through here: a failed or hung front-end.
+        if "firmware_hang" in self.faults:
+            self._hang()
+        if "afe_nack" in self.faults:
+            raise OSError(ETIMEDOUT)
+
+    def _hang(self):
+        # The access never returns: time runs on (host input and scenario
+        # actions too) until the fault is removed or the watchdog bites.
+        while "firmware_hang" in self.faults:
+            self._idle(True)
 
     # ------------------------------------------------------------------
     # GPIO (used by machine.Pin)
@@ -326,13 +632,23 @@ class SimWorld:
 
     def _update_drive(self, pin):
         # Only a pin in an output mode drives its latch onto the wire; an
-        # open-drain pin only ever drives low.
+        # open-drain pin only ever drives low. No allocation: this runs
+        # inside (simulated) hard IRQs.
+        old = self.read_pin(pin)
         mode = self.pin_mode.get(pin, 0)
         level = self.pin_latch.get(pin, 0)
         if mode & _MODE_OUTPUT_BIT and not (mode & _MODE_OD_BIT and level):
             self.pin_out[pin] = level
         elif pin in self.pin_out:
             del self.pin_out[pin]
+        new = self.read_pin(pin)
+        if new != old:
+            if pin in self._current_pins:
+                self._stale = True
+            w = self._watchers.get(pin)
+            if w is not None:
+                for cb in w:
+                    cb(new)
 
     def write_pin(self, pin, v):
         self.pin_latch[pin] = 1 if v else 0
@@ -347,6 +663,10 @@ class SimWorld:
         if self.pin_pull.get(pin, 0) & PIN_PULL_UP:
             return 1
         return 0
+
+    def watch_pin(self, pin, callback):
+        """Chip models: callback(level) on every level change of pin."""
+        self._watchers.setdefault(pin, []).append(callback)
 
     def set_pin_irq(self, pin_obj, handler, trigger, hard):
         if handler is None:
@@ -387,13 +707,28 @@ class SimWorld:
         return alert["pin"], active
 
     def raise_alert(self):
-        """The protection chip asserts its alert line (fires the IRQ)."""
-        pin, active = self._alert_levels()
-        self.set_input(pin, active)
+        """Force the protection alert line active (fires the IRQ)."""
+        self.alert_forced = True
+        self._update_comparator()
 
     def release_alert(self):
+        """Hand the alert line back to the comparator."""
+        self.alert_forced = None
+        self._update_comparator()
+
+    def _update_comparator(self):
+        # The short-circuit comparator asserts the line while the discharge
+        # current is at or above its threshold.
+        if not self.board.get("alert"):
+            return
+        on = self.alert_forced
+        if on is None:
+            lim = self._alert_trip_ma
+            on = lim is not None and -self.current_a * 1000.0 >= lim
         pin, active = self._alert_levels()
-        self.set_input(pin, 1 - active)
+        self.set_input(pin, active if on else 1 - active)
+        if self._stale:  # the IRQ switched FETs: what flows changed
+            self._refresh()
 
     # ------------------------------------------------------------------
     # ADC (used by machine.ADC)
@@ -413,9 +748,12 @@ class SimWorld:
         self.adc_atten[pin] = atten
 
     def _adc_mv(self, pin):
-        # What the calibrated ESP32 ADC reports: clamped to the range of the
-        # attenuation, 1 mV resolution.
-        mv = self.pin_mv(pin)
+        # What the calibrated ESP32 ADC reports: the pin voltage plus noise,
+        # clamped to the range of the attenuation, 1 mV resolution.
+        if self.faults:
+            self._front_end_access()
+        i = self._noise_i = (self._noise_i + 1) & self._noise_mask
+        mv = self.pin_mv(pin) + self._noise[i]
         top = ATTN_MAX_MV[self.adc_atten.get(pin, ATTN_0DB)]
         if mv < 0:
             mv = 0.0
@@ -428,6 +766,73 @@ class SimWorld:
 
     def adc_read_u16(self, pin):
         return min(65535, (self._adc_mv(pin) * 65535 + U16_FULL_SCALE_MV // 2) // U16_FULL_SCALE_MV)
+
+    # ------------------------------------------------------------------
+    # Buses (used by machine.SPI and machine.I2C)
+    # ------------------------------------------------------------------
+
+    def add_spi_device(self, bus, dev):
+        self.spi_devices.setdefault(bus, []).append(dev)
+
+    def add_i2c_device(self, bus, addr, dev):
+        self.i2c_devices.setdefault(bus, {})[addr] = dev
+
+    def spi_transfer(self, bus, tx):
+        """Clock tx out on bus; returns what MISO carried (0xFF: nobody)."""
+        if self.faults:
+            self._front_end_access_bus(None)
+        rx = None
+        for dev in self.spi_devices.get(bus, ()):
+            if dev.cs is None or self.read_pin(dev.cs) == 0:
+                got = dev.spi_transfer(bytes(tx))
+                if dev.cs is not None and rx is None:
+                    rx = got
+        return rx if rx is not None else b"\xff" * len(tx)
+
+    def _front_end_access_bus(self, dev):
+        if "firmware_hang" in self.faults:
+            self._hang()
+        if dev is not None and getattr(dev, "afe", False) and "afe_nack" in self.faults:
+            return False
+        return True
+
+    def _i2c_nack(self):
+        raise OSError(ENODEV if self.esp32 else EIO)
+
+    def i2c_dev(self, bus, addr):
+        dev = self.i2c_devices.get(bus, {}).get(addr)
+        if dev is None or not self._front_end_access_bus(dev):
+            return None
+        return dev
+
+    def i2c_write(self, bus, addr, data, stop=True):
+        """Start, address+W, data: number of data bytes acknowledged.
+        Raises OSError when the address is not acknowledged."""
+        dev = self.i2c_dev(bus, addr)
+        n = -1 if dev is None else dev.i2c_write(bytes(data), stop)
+        if n < 0:
+            self._i2c_nack()
+        return n
+
+    def i2c_read(self, bus, addr, n, stop=True):
+        dev = self.i2c_dev(bus, addr)
+        data = None if dev is None else dev.i2c_read(n, stop)
+        if data is None:
+            self._i2c_nack()
+        if "afe_crc" in self.faults and getattr(dev, "afe", False) and data:
+            data = self._corrupt(data)
+        return data
+
+    def _corrupt(self, data):
+        # One flipped bit per transfer, in a byte picked by the noise index.
+        b = bytearray(data)
+        self._noise_i = (self._noise_i + 1) & self._noise_mask
+        k = self._noise_i % len(b)
+        b[k] ^= 1 << (self._noise_i % 8)
+        return bytes(b)
+
+    def i2c_scan(self, bus):
+        return sorted(a for a in self.i2c_devices.get(bus, {}) if self.i2c_dev(bus, a) is not None)
 
     # ------------------------------------------------------------------
     # Timers (used by machine.Timer) and the watchdog (machine.WDT)
@@ -458,6 +863,16 @@ class SimWorld:
             ):
                 best = t
         return best
+
+    def next_event_ms(self):
+        """When the next timer or the watchdog is due (None: nothing is)."""
+        t = self._next_timer(1 << 62)
+        when = t._deadline if t is not None else None
+        if self.wdt_running:
+            w = self.wdt_fed_ms + self.wdt_timeout_ms
+            if when is None or w < when:
+                when = w
+        return when
 
     def wdt_start(self, timeout_ms):
         # Starting it again (a second WDT()) reconfigures the same watchdog.
@@ -515,40 +930,121 @@ class SimWorld:
             self._check_alive()  # the callback may have called reset()
         self._move_to(target)
 
+    def sleep_us(self, us):
+        """time.sleep_us/ms on the board: time passes, timers fire."""
+        self._us += us
+        if self._us >= 1000:
+            ms = self._us // 1000
+            self._us -= ms * 1000
+            self.advance(ms)
+
     def ticks_ms(self):
-        """The virtual clock, for a time.ticks_ms shim in host tests (the
-        firmware's own time.ticks_ms is the host clock, not this one)."""
-        return self.now_ms
+        """The MCU's ms counter: 0 at its last reset, wrapping at 2**30 like
+        ESP32 and RP2 (tools/sim/time.py serves it to the firmware)."""
+        return (self.now_ms - self.boot_ms) & 0x3FFFFFFF
 
     def _move_to(self, when):
-        if when > self.now_ms:
-            if self.physics:
-                self._step_physics(when - self.now_ms)
-            self.now_ms = when
+        while when > self.now_ms:
+            step = when - self.now_ms
+            if step > _MAX_STEP_MS:
+                step = _MAX_STEP_MS
+            self._step_physics(step)
+            self.now_ms += step
+            for hook in self.step_hooks:
+                hook(step)
+
+    def _step_physics(self, dt_ms):
+        # Integrate the pack and the board over dt with what flowed at its
+        # start; then everything derived is stale.
+        self._refresh()
+        p = self.pack
+        dt = dt_ms / 1000.0
+        i = self.current_a
+        bleed = None
+        heat = i * i * self.sim["fet_mohm"] / 1000.0
+        for k in range(p.n):
+            if self.bleeding(k):
+                if bleed is None:
+                    bleed = [0.0] * p.n
+                a = self._cell_mv[k] / 1000.0 / self.bleed_ohm
+                bleed[k] = a
+                heat += a * a * self.bleed_ohm
+        p.step(dt, i, bleed)
+        if self.ambient_profile:
+            p.ambient_c = _daily(self.ambient_profile, self.time_of_day_s() / 3600.0)
+        # Board node: exact first-order response to constant heat over dt.
+        tau = self.sim["board_j_per_k"] * self.sim["board_k_per_w"]
+        target = p.ambient_c + heat * self.sim["board_k_per_w"]
+        self.board_temp_c = target + (self.board_temp_c - target) * math.exp(-dt / tau)
+        self._stale = True
+
+    # ------------------------------------------------------------------
+    # Idle: how the firmware's main loop lets time pass
+    # ------------------------------------------------------------------
 
     def idle(self):
-        """machine.idle(): pump the idle hooks, then let 1 ms pass.
+        """machine.idle(): run the idle hooks, then let time pass.
 
-        In realtime mode it sleeps so that virtual time follows the wall
-        clock; if the firmware fell behind (it blocked without idling), the
-        virtual clock catches up in one step, timers and watchdog included.
+        "step": exactly 1 ms. "fast"/"wall": like a real MCU in idle, until
+        the next timer or watchdog deadline (or at once if console bytes
+        are waiting); "wall" paces that to speed x the wall clock. Paused:
+        no time passes except to complete a `step`.
         """
+        self._idle(False)
+
+    def _idle(self, ignore_rx):
         for hook in self.idle_hooks:
             hook()
-        if not self.realtime:
-            self._rt_origin = None
+        self._check_alive()
+        if self.pace == "step" and not self.paused:
             self.advance(1)
             return
+        if self.uart_rx and not ignore_rx:
+            return  # the UART interrupt wakes the MCU at once
+        nxt = self.next_event_ms()
+        target = self.now_ms + _MAX_STEP_MS if nxt is None else max(nxt, self.now_ms + 1)
+        if self.paused:
+            if self.step_to_ms is None:
+                self._rt_origin = None
+                self.wait_input(50)
+                return
+            if target >= self.step_to_ms:
+                target = self.step_to_ms
+                self.advance(target - self.now_ms)
+                self.step_to_ms = None
+                if self.on_step_done is not None:
+                    self.on_step_done()
+                return
+            self.advance(target - self.now_ms)
+            return
+        if self.pace == "wall":
+            target = self._pace_wall(target)
+        self.advance(target - self.now_ms)
+
+    def _pace_wall(self, target):
+        # Wait (for host input at most) until the wall clock reaches the
+        # virtual target; return the virtual time to move to.
         wall = ticks_ms()
         if self._rt_origin is None:
             self._rt_origin = (wall, self.now_ms)
-        wall_virtual = self._rt_origin[1] + ticks_diff(wall, self._rt_origin[0])
-        ahead = self.now_ms + 1 - wall_virtual
-        if ahead > 0:
-            sleep_ms(ahead)
-            self.advance(1)
-        else:
-            self.advance(1 - ahead)
+        w0, v0 = self._rt_origin
+        due = w0 + int((target - v0) / self.speed)
+        left = ticks_diff(due, wall)
+        if left > 0:
+            self.wait_input(left)
+            wall = ticks_ms()
+            now_v = v0 + int(ticks_diff(wall, w0) * self.speed)
+            if now_v < target:  # woken early by input
+                return max(now_v, self.now_ms)
+        elif left < -1000:
+            # Far behind (the host is too slow for this speed): do not race
+            # to catch up, start pacing afresh from here.
+            self._rt_origin = (wall, target)
+        return target
+
+    def set_speed(self, speed):
+        self.speed = float(speed)
+        self._rt_origin = None
 
     # ------------------------------------------------------------------
     # Console UART queues
@@ -573,12 +1069,13 @@ class SimWorld:
         return data
 
     # ------------------------------------------------------------------
-    # Reset and physics
+    # Reset
     # ------------------------------------------------------------------
 
     def board_reset(self, cause):
-        """The MCU restarts: peripherals back to reset state; the pack,
-        external inputs, the clock and the UART queues carry on."""
+        """The MCU restarts: its peripherals back to reset state (FET gates,
+        mux select lines and /OE float to their pulls); the pack, chip
+        models, external inputs, the clock and the UART queues carry on."""
         self.timers = []
         self.pin_out = {}
         self.pin_mode = {}
@@ -586,24 +1083,12 @@ class SimWorld:
         self.pin_latch = {}
         self.pin_irq = {}
         self.adc_atten = {}
+        self.spi_buses = {}
         self.wdt_running = False
         self.wdt_expired = False
         self.reset_requested = False
         self.reset_cause = cause
-
-    def _step_physics(self, dt_ms):
-        # Coulomb counting per cell against capacity_mah, voltage = OCV(soc).
-        # A cell whose voltage was changed by hand restarts from that voltage.
-        i = self.flowing_ma()
-        if i == 0:
-            return
-        dsoc = i * dt_ms / 3600000.0 / self.capacity_mah
-        for k in range(len(self.cell_mv)):
-            if self.cell_mv[k] != self._phys_mv[k]:
-                self.cell_soc[k] = soc_from_mv(self.cell_mv[k])
-            soc = self.cell_soc[k] + dsoc
-            soc = 0.0 if soc < 0 else (1.0 if soc > 1 else soc)
-            self.cell_soc[k] = soc
-            mv = int(ocv_mv(soc) + 0.5)
-            self.cell_mv[k] = mv
-            self._phys_mv[k] = mv
+        self.boot_ms = self.now_ms
+        self._us = 0
+        self.resets += 1
+        self.changed()

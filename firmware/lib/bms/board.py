@@ -42,7 +42,7 @@ def build_afe(b):
 
 
 def _adc_direct(b):
-    from bms.drivers.adc_direct import AdcDirect, Channel, Linear
+    from bms.drivers.adc_direct import AdcDirect, Channel, Linear, Mux
     from bms.ntc import Ntc
 
     a = b.get("adc", {})
@@ -55,7 +55,19 @@ def _adc_direct(b):
     def ch(num):
         return Channel(_adc(num, a), n, uv, vref, top)
 
-    taps = [(ch(t["pin"]), Linear(t["scale"], t.get("offset_mv", 0))) for t in b["cell_taps"]]
+    mx = b.get("mux")
+    if mx:
+        mux = Mux(tuple(Pin(p, Pin.OUT, value=0) for p in mx["select"]), mx.get("settle_us", 20))
+        mux_adc = _adc(mx["pin"], a)
+
+    def tap_ch(t):
+        if "mux" in t:
+            return Channel(mux_adc, n, uv, vref, top, mux, t["mux"])
+        return ch(t["pin"])
+
+    taps = [(tap_ch(t), Linear(t["scale"], t.get("offset_mv", 0))) for t in b["cell_taps"]]
+    pt = b.get("pack_tap")
+    pack = (ch(pt["pin"]), Linear(pt["scale"], pt.get("offset_mv", 0))) if pt else None
     c = b["current"]
     # mA = (pin mV - zero mV) * ma_per_mv: fold the zero into the offset.
     current = (ch(c["pin"]), Linear(c["ma_per_mv"], -int(c["zero_mv"] * c["ma_per_mv"])))
@@ -69,11 +81,12 @@ def _adc_direct(b):
     f = b["fets"]
     hi = f.get("active_high", True)
     pchg = _off_pin(f["precharge"], hi) if f.get("precharge") is not None else None
-    bal = [Pin(p, Pin.OUT, value=0) for p in b.get("balance", [])]
+    bleeders = _bleeders(b.get("balance"))
     al = b.get("alert")
     alert_pin = Pin(al["pin"], Pin.IN) if al else None
     afe = AdcDirect(taps, current, ntcs, board_ntc, _off_pin(f["chg"], hi), _off_pin(f["dsg"], hi),
-                    pchg, bal, hi, alert_pin, al.get("active_low", True) if al else True, c.get("max_ma", 0))
+                    pchg, bleeders, hi, alert_pin, al.get("active_low", True) if al else True, c.get("max_ma", 0),
+                    b.get("cell_inputs", "cumulative") == "differential", pack)
     if alert_pin is not None:
         trig = Pin.IRQ_FALLING if al.get("active_low", True) else Pin.IRQ_RISING
         try:
@@ -81,6 +94,21 @@ def _adc_direct(b):
         except (TypeError, ValueError):  # port without hard pin IRQs
             alert_pin.irq(handler=afe.alert_handler(), trigger=trig)
     return afe
+
+
+def _bleeders(spec):
+    # A list of GPIOs, one per cell, or {"shift595": {...}} for a chain of
+    # shift registers on SPI.
+    from bms.drivers.adc_direct import PinBleeders, ShiftBleeders
+
+    if not spec:
+        return None
+    if isinstance(spec, list):
+        return PinBleeders([Pin(p, Pin.OUT, value=0) for p in spec])
+    sr = spec["shift595"]
+    oe = Pin(sr["oe"], Pin.OUT, value=1) if sr.get("oe") is not None else None  # outputs off until cleared
+    spi = machine.SPI(sr["spi"], baudrate=sr.get("baudrate", 1000000), sck=Pin(sr["sck"]), mosi=Pin(sr["mosi"]))
+    return ShiftBleeders(spi, Pin(sr["latch"], Pin.OUT, value=0), oe, sr["count"])
 
 
 def console_uart(b):

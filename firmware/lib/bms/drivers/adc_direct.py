@@ -1,10 +1,15 @@
-# Direct-ADC front-end for small packs: cell taps on resistor dividers read by
-# the MCU ADC, a shunt amplifier for current, NTC dividers, FETs and bleeders
-# on GPIO, and an optional comparator output (short circuit) on an alert pin.
+# Direct-ADC front-end: cell voltages read by the MCU ADC, either as
+# cumulative taps on resistor dividers (small packs) or as one difference
+# amplifier per cell behind an analog multiplexer (up to 16S), a shunt
+# amplifier for current, NTC dividers, an optional pack-voltage divider, FETs
+# on GPIO, bleeders on GPIO or on a 74HC595 chain, and an optional comparator
+# output (short circuit) on an alert pin.
 #
 # All machine objects are passed in. Readings are summed over `oversample`
 # samples; every product stays below 2**30 so nothing allocates on ports
 # whose small ints are 31 bits.
+import time
+
 from bms.afe import Afe, NTC_OK, NTC_OPEN, NTC_SHORT, HW_SCD
 from bms.ntc import OPEN_DC, SHORT_DC
 
@@ -39,15 +44,41 @@ class Linear:
         return (-y if neg else y) + self.offset
 
 
+class Mux:
+    """An analog multiplexer (CD74HC4067: 16 inputs, 4 select lines) in front
+    of one ADC input. select() only drives the lines that change, then waits
+    for the input to settle through the source impedance."""
+
+    def __init__(self, select_pins, settle_us=20):
+        self.pins = select_pins
+        self.settle_us = settle_us
+        self.addr = -1
+
+    def select(self, addr):
+        if addr == self.addr:
+            return
+        pins = self.pins
+        old = self.addr
+        for i in range(len(pins)):
+            bit = (addr >> i) & 1
+            if old < 0 or bit != (old >> i) & 1:
+                pins[i].value(bit)
+        self.addr = addr
+        time.sleep_us(self.settle_us)
+
+
 class Channel:
-    """One ADC input, oversampled, returning microvolts at the pin.
+    """One ADC input, oversampled, returning microvolts at the pin; with a
+    mux, the mux input `addr` is selected first.
 
     A reading at the top of the ADC's range is not a voltage but "at least
     this much": `saturated` says so, and the driver treats it as unknown.
     """
 
-    def __init__(self, adc, oversample, read_uv, vref_uv=3300000, max_uv=None):
+    def __init__(self, adc, oversample, read_uv, vref_uv=3300000, max_uv=None, mux=None, addr=0):
         self.adc = adc
+        self.mux = mux
+        self.addr = addr
         self.n = oversample
         self.read_uv = read_uv
         # read_u16 path: uV = raw * k >> 8; 65535 * k < 2**30 for vref <= 4.1 V.
@@ -57,6 +88,8 @@ class Channel:
         self.saturated = False
 
     def uv(self):
+        if self.mux is not None:
+            self.mux.select(self.addr)
         adc = self.adc
         s = 0
         if self.read_uv:
@@ -71,6 +104,50 @@ class Channel:
         return v
 
 
+class PinBleeders:
+    """One GPIO per bleeder transistor; bit 0 = cell 1."""
+
+    def __init__(self, pins):
+        self.pins = pins
+        self.n = len(pins)
+
+    def set(self, mask):
+        pins = self.pins
+        for i in range(self.n):
+            pins[i].value((mask >> i) & 1)
+
+
+class ShiftBleeders:
+    """Bleeders on a chain of 74HC595 shift registers on SPI (8 per chip):
+    bytes shift through the chain, a rising edge on the latch (RCLK) moves
+    them to the outputs, and /OE (pulled up on the board, so the outputs are
+    off through reset and boot) is driven low only after the registers have
+    been cleared of their random power-up contents."""
+
+    def __init__(self, spi, latch_pin, oe_pin, count):
+        self.spi = spi
+        self.latch = latch_pin
+        self.oe = oe_pin
+        self.buf = bytearray(count)
+        self.n = 8 * count
+        latch_pin.value(0)
+        self.set(0)
+        if oe_pin is not None:
+            oe_pin.value(0)
+
+    def set(self, mask):
+        # Written every tick, not only on change: a register upset by noise
+        # is repaired within one tick.
+        buf = self.buf
+        n = len(buf)
+        for j in range(n):
+            # The first byte out ends in the last chip: cells 1-8 go last.
+            buf[n - 1 - j] = (mask >> (8 * j)) & 0xFF
+        self.spi.write(buf)
+        self.latch.value(1)
+        self.latch.value(0)
+
+
 def _ntc_status(t, saturated):
     # A pin pulled to the top of the ADC range is an open thermistor even if
     # the range ends below the divider's supply.
@@ -81,26 +158,33 @@ def _ntc_status(t, saturated):
 
 class AdcDirect(Afe):
     def __init__(self, taps, current, ntcs, board_ntc, chg_pin, dsg_pin, pchg_pin=None,
-                 bal_pins=(), active_high=True, alert_pin=None, alert_active_low=True, current_max_ma=0):
-        """taps: [(Channel, Linear)] cumulative tap voltages in mV, lowest first.
+                 bleeders=None, active_high=True, alert_pin=None, alert_active_low=True, current_max_ma=0,
+                 differential=False, pack=None):
+        """taps: [(Channel, Linear)] in mV, lowest cell first: cumulative tap
+        voltages, or with differential=True each cell's own voltage.
         current: (Channel, Linear) giving mA, positive = charging.
         ntcs: [(Channel, Ntc)]; board_ntc: (Channel, Ntc) or None.
+        bleeders: PinBleeders, ShiftBleeders or None.
+        pack: (Channel, Linear) of a pack-voltage divider, or None.
         """
         self.taps = taps
+        self.differential = differential
+        self.pack = pack
+        self.pack_measured = pack is not None
         self.current = current
         self.ntcs = ntcs
         self.board_ntc = board_ntc
         self.chg_pin = chg_pin
         self.dsg_pin = dsg_pin
         self.pchg_pin = pchg_pin
-        self.bal_pins = bal_pins
+        self.bleeders = bleeders
         self.on = 1 if active_high else 0
         self.max_cells = len(taps)
         self.n_cells = len(taps)
         self.n_temps = len(ntcs)
         self.has_board_temp = board_ntc is not None
         self.has_precharge = pchg_pin is not None
-        self.can_balance = len(bal_pins) > 0
+        self.can_balance = bleeders is not None and bleeders.n > 0
         self.current_max_ma = current_max_ma
         # Written by the hard IRQ, read by the tick: a preallocated byte.
         self._alert = bytearray(1)
@@ -130,14 +214,24 @@ class AdcDirect(Afe):
         prev = 0
         n = self.n_cells
         cells = m.cells_mv
+        diff = self.differential
         for i in range(n):
             ch, lin = self.taps[i]
-            tap = lin.apply(ch.uv())
-            # A saturated tap hides the real voltage: report an impossible
+            v = lin.apply(ch.uv())
+            # A saturated input hides the real voltage: report an impossible
             # cell so the tick flags a sensor fault instead of trusting it.
-            cells[i] = 0 if ch.saturated else tap - prev
-            prev = tap
-        m.pack_mv = prev
+            if diff:
+                cells[i] = 0 if ch.saturated else v
+                prev += v
+            else:
+                cells[i] = 0 if ch.saturated else v - prev
+                prev = v
+        if self.pack is not None:
+            ch, lin = self.pack
+            v = lin.apply(ch.uv())
+            m.pack_mv = 0 if ch.saturated else v  # 0 fails the cell-sum check
+        else:
+            m.pack_mv = prev
         ch, lin = self.current
         m.current_ma = lin.apply(ch.uv())
         for i in range(self.n_temps):
@@ -175,9 +269,8 @@ class AdcDirect(Afe):
             self.pchg_pin.value(on if pchg else 1 - on)
 
     def set_balancing(self, mask):
-        pins = self.bal_pins
-        for i in range(len(pins)):
-            pins[i].value((mask >> i) & 1)
+        if self.bleeders is not None:
+            self.bleeders.set(mask)
 
     def clear_faults(self):
         # Clear first, then look at the line: an interrupt in between sets the

@@ -1,0 +1,655 @@
+"""Scenarios: a pack, a board, a current profile, timed faults and actions,
+and expectations about what the firmware does to the hardware.
+
+The format is documented in scenarios/README.md. This module runs inside
+the virtual board (MicroPython; CPython for tests): load() checks a scenario
+file and says what is wrong with it in one line, build() makes the world it
+describes, and Runner is the idle hook that plays the actions, samples the
+firmware's `status --json` next to the simulated truth into a CSV log, and
+judges the expectations.
+"""
+
+import json
+
+import pack as packmod
+import simcmd
+import simworld
+import sources as srcmod
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+_TOP_KEYS = ("name", "description", "board", "chemistry", "cells", "start_h", "duration_h", "duration_s",
+             "sample_s", "speed", "pack", "sensors", "config", "profile", "ambient", "actions", "expect")
+_PACK_KEYS = ("capacity_ah", "soc_pct", "capacity_spread_pct", "soc_spread_pct", "resistance_spread_pct",
+              "seed", "ambient_c", "temp_c", "cells")
+_SENSOR_KEYS = ("adc_noise_mv", "shunt_offset_ma", "shunt_gain_pct", "seed")
+_SOURCES = {
+    "solar": ("peak_a", ("sunrise_h", "sunset_h", "cv_mv_per_cell", "cloud_pct", "seed")),
+    "load": ("schedule", ("noise_pct", "seed")),
+    "charger": ("max_a", ("cv_mv_per_cell", "windows")),
+    "constant": ("amps", ()),
+}
+_FETS = ("chg", "dsg", "both", "any")
+_EXPECT = {
+    # kind: (required keys, optional keys)
+    "fet_off": (("fet", "after", "within_s"), ("not_before_s",)),
+    "fet_on": (("fet", "after", "within_s"), ("not_before_s",)),
+    "fet_off_while": (("fet", "while"), ("grace_s",)),
+    "no_fault": ((), ("except",)),
+    "fault_seen": (("fault",), ()),
+    "soc_within": (("pct",), ("from_s",)),
+    "cell_max_below": (("mv",), ()),
+    "cell_min_above": (("mv",), ()),
+    "spread_below": (("mv",), ()),
+    "resets": ((), ("min", "max", "cause")),
+    "fet_state": (("at_s",), ("chg", "dsg")),
+    "balanced": ((), ("min_cells",)),
+}
+DEFAULT_SENSORS = {"adc_noise_mv": 1.0, "shunt_offset_ma": 30, "shunt_gain_pct": 0.2, "seed": 1}
+
+
+def _need(d, key, where, kinds=(int, float)):
+    if key not in d:
+        raise ScenarioError("%s: %s is missing" % (where, key))
+    v = d[key]
+    if kinds is not None and (type(v) not in kinds or type(v) is bool):
+        raise ScenarioError("%s: %s has the wrong type" % (where, key))
+    return v
+
+
+def _only(d, allowed, where):
+    if not isinstance(d, dict):
+        raise ScenarioError("%s must be an object" % where)
+    for k in d:
+        if k not in allowed and k != "note":
+            raise ScenarioError("%s: unknown key %s (allowed: %s)" % (where, k, ", ".join(allowed)))
+
+
+def _check_cond(c, where):
+    if not isinstance(c, dict) or len([k for k in c if k != "note"]) == 0:
+        raise ScenarioError("%s: a condition object is needed" % where)
+    if "cell" in c:
+        if c["cell"] not in ("max", "min") and type(c["cell"]) is not int:
+            raise ScenarioError("%s: cell is a number, max or min" % where)
+        if ("above_mv" in c) == ("below_mv" in c):
+            raise ScenarioError("%s: give one of above_mv, below_mv" % where)
+    elif "temp" in c:
+        if ("above_c" in c) == ("below_c" in c):
+            raise ScenarioError("%s: give one of above_c, below_c" % where)
+    elif "injected" in c or "removed" in c:
+        name = c.get("injected", c.get("removed"))
+        if name not in simworld.FAULTS:
+            raise ScenarioError("%s: unknown fault %s" % (where, name))
+    elif "at_s" not in c:
+        raise ScenarioError("%s: condition needs cell, temp, injected, removed or at_s" % where)
+
+
+def validate(sc):
+    """Raise ScenarioError (one line) if sc is not a usable scenario."""
+    _only(sc, _TOP_KEYS, "scenario")
+    for k in ("name", "board"):
+        if not isinstance(sc.get(k), str) or not sc[k]:
+            raise ScenarioError("scenario: %s is missing" % k)
+    if sc.get("chemistry", "lfp") not in packmod.CHEMISTRY:
+        raise ScenarioError("scenario: chemistry must be one of %s" % ", ".join(sorted(packmod.CHEMISTRY)))
+    if "duration_h" not in sc and "duration_s" not in sc:
+        raise ScenarioError("scenario: duration_h or duration_s is missing")
+    if duration_s(sc) <= 0:
+        raise ScenarioError("scenario: the duration must be positive")
+    _only(sc.get("pack", {}), _PACK_KEYS, "pack")
+    _only(sc.get("sensors", {}), _SENSOR_KEYS, "sensors")
+    if not isinstance(sc.get("config", {}), dict):
+        raise ScenarioError("config must be an object of firmware settings")
+    for i, s in enumerate(sc.get("profile", [])):
+        where = "profile[%d]" % i
+        kind = s.get("type") if isinstance(s, dict) else None
+        if kind not in _SOURCES:
+            raise ScenarioError("%s: type must be one of %s" % (where, ", ".join(sorted(_SOURCES))))
+        req, opt = _SOURCES[kind]
+        _only(s, ("type", req) + opt, where)
+        _need(s, req, where, None)
+    for i, a in enumerate(sc.get("actions", [])):
+        where = "actions[%d]" % i
+        _only(a, ("at_s", "sim", "console"), where)
+        _need(a, "at_s", where)
+        if ("sim" in a) == ("console" in a):
+            raise ScenarioError("%s: give one of sim, console" % where)
+    for i, e in enumerate(sc.get("expect", [])):
+        where = "expect[%d]" % i
+        kind = e.get("expect") if isinstance(e, dict) else None
+        if kind not in _EXPECT:
+            raise ScenarioError("%s: expect must be one of %s" % (where, ", ".join(sorted(_EXPECT))))
+        req, opt = _EXPECT[kind]
+        _only(e, ("expect",) + req + opt, where)
+        for k in req:
+            _need(e, k, where, None)
+        if "fet" in e and e["fet"] not in _FETS:
+            raise ScenarioError("%s: fet must be one of %s" % (where, ", ".join(_FETS)))
+        for k in ("after", "while"):
+            if k in e:
+                _check_cond(e[k], where)
+
+
+def duration_s(sc):
+    return float(sc["duration_s"]) if "duration_s" in sc else float(sc["duration_h"]) * 3600.0
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            sc = json.load(f)
+    except OSError:
+        raise ScenarioError("cannot open scenario %s" % path)
+    except ValueError as e:
+        raise ScenarioError("scenario %s is not valid JSON: %s" % (path, e))
+    validate(sc)
+    return sc
+
+
+def make_sources(specs):
+    out = []
+    for s in specs:
+        kind = s["type"]
+        if kind == "solar":
+            out.append(srcmod.Solar(s["peak_a"], s.get("sunrise_h", 6.0), s.get("sunset_h", 18.0),
+                                    s.get("cv_mv_per_cell", 3450), s.get("cloud_pct", 0), s.get("seed", 1)))
+        elif kind == "load":
+            out.append(srcmod.Load(s["schedule"], s.get("noise_pct", 0), s.get("seed", 1)))
+        elif kind == "charger":
+            out.append(srcmod.Charger(s["max_a"], s.get("cv_mv_per_cell", 3450), s.get("windows")))
+        else:
+            out.append(srcmod.Constant(s["amps"]))
+    return out
+
+
+def make_pack(sc, cells):
+    p = sc.get("pack", {})
+    return packmod.Pack(
+        chemistry=sc.get("chemistry", "lfp"), cells=cells, capacity_ah=p.get("capacity_ah", 100.0),
+        soc_pct=p.get("soc_pct", 50.0), capacity_spread_pct=p.get("capacity_spread_pct", 0.0),
+        soc_spread_pct=p.get("soc_spread_pct", 0.0), resistance_spread_pct=p.get("resistance_spread_pct", 0.0),
+        seed=p.get("seed", 1), ambient_c=p.get("ambient_c", 25.0), temp_c=p.get("temp_c"), overrides=p.get("cells"))
+
+
+def build(sc, board):
+    """The world a scenario describes, on the parsed board file."""
+    cells = sc.get("cells", board["cells"])
+    if type(cells) is not int or not 1 <= cells <= len(board["cell_taps"]):
+        raise ScenarioError("cells must be 1..%d on board %s" % (len(board["cell_taps"]), board.get("name")))
+    sensors = dict(DEFAULT_SENSORS)
+    sensors.update(sc.get("sensors", {}))
+    w = simworld.SimWorld(board, make_pack(sc, cells), sensors)
+    w.sources = make_sources(sc.get("profile", []))
+    w.day_start_s = float(sc.get("start_h", 0.0)) * 3600.0
+    if sc.get("ambient"):
+        w.ambient_profile = sc["ambient"]
+    w.changed()
+    return w
+
+
+def _interp_cross(t0, v0, t1, v1, thr):
+    # When a linearly moving value passed thr between two steps.
+    if v1 == v0:
+        return t1
+    f = (thr - v0) / (v1 - v0)
+    if f < 0:
+        f = 0.0
+    elif f > 1:
+        f = 1.0
+    return t0 + (t1 - t0) * f
+
+
+class _Cond:
+    """A condition of an expectation, tracked on every physics step; `since`
+    is when it last became true (interpolated for thresholds)."""
+
+    def __init__(self, c):
+        self.c = c
+        self.since = None
+        self.first = None
+        self.prev = None  # (t, value) of the last step
+        self.now = False
+
+    def value(self, w):
+        c = self.c
+        if "cell" in c:
+            n = w.pack.n
+            vals = [w.cell_true_mv(k) for k in range(n)]
+            if c["cell"] == "max":
+                return max(vals)
+            if c["cell"] == "min":
+                return min(vals)
+            return vals[c["cell"] - 1]
+        if "temp" in c:
+            return w.pack.temp_c if c["temp"] == "pack" else w.sensor_temp_c(c["temp"] - 1)
+        return None
+
+    def update(self, w, t, events):
+        c = self.c
+        v = self.value(w)
+        if v is not None:
+            if "above_mv" in c or "above_c" in c:
+                thr = c.get("above_mv", c.get("above_c"))
+                now = v >= thr
+            else:
+                thr = c.get("below_mv", c.get("below_c"))
+                now = v <= thr
+            if now and not self.now:
+                self.since = t if self.prev is None else _interp_cross(self.prev[0], self.prev[1], t, v, thr)
+            self.prev = (t, v)
+        elif "at_s" in c:
+            now = t >= c["at_s"]
+            if now and not self.now:
+                self.since = c["at_s"]
+        else:
+            name = c.get("injected", c.get("removed"))
+            want = "on" if "injected" in c else "off"
+            hit = None
+            for et, en, es in events:
+                if en == name and es == want:
+                    hit = et
+            now = self.now
+            if hit is not None:
+                now = True
+                self.since = hit
+        if now and self.first is None:
+            self.first = self.since
+        self.now = now
+
+
+def _fet_is(w, fet, want_on):
+    chg = w.fet_on("chg")
+    dsg = w.fet_on("dsg")
+    if fet == "chg":
+        return chg == want_on
+    if fet == "dsg":
+        return dsg == want_on
+    if fet == "both":
+        return (chg and dsg) if want_on else (not chg and not dsg)
+    return (chg or dsg) if want_on else (not chg or not dsg)  # "any"
+
+
+def describe(e):
+    """A short sentence for an expectation, for reports."""
+    k = e["expect"]
+    if k in ("fet_off", "fet_on"):
+        lo = e.get("not_before_s")
+        return "%s %s %swithin %g s after %s" % (
+            e["fet"].upper(), "off" if k == "fet_off" else "on", "" if lo is None else "not before %g s and " % lo,
+            e["within_s"], _describe_cond(e["after"]))
+    if k == "fet_off_while":
+        return "%s off while %s (grace %g s)" % (e["fet"].upper(), _describe_cond(e["while"]), e.get("grace_s", 0))
+    if k == "no_fault":
+        return "no fault" + (" except %s" % ", ".join(e["except"]) if e.get("except") else "")
+    if k == "fault_seen":
+        return "fault %s trips" % e["fault"]
+    if k == "soc_within":
+        return "reported SOC within +-%g %% of the truth from t=%g s" % (e["pct"], e.get("from_s", 0))
+    if k == "cell_max_below":
+        return "no cell above %d mV" % e["mv"]
+    if k == "cell_min_above":
+        return "no cell below %d mV" % e["mv"]
+    if k == "spread_below":
+        return "cell spread below %d mV at the end" % e["mv"]
+    if k == "resets":
+        return "board resets %s..%s%s" % (e.get("min", 0), e.get("max", "any"),
+                                          " (%s)" % e["cause"] if e.get("cause") else "")
+    if k == "fet_state":
+        return "at %s: %s" % (e["at_s"], ", ".join("%s %s" % (f.upper(), "on" if e[f] else "off")
+                                                   for f in ("chg", "dsg") if f in e))
+    return "balancing on at least %d cell(s)" % e.get("min_cells", 1)
+
+
+def _describe_cond(c):
+    if "cell" in c:
+        which = "cell %s" % c["cell"] if type(c["cell"]) is int else "the %s cell" % ("highest" if c["cell"] == "max" else "lowest")
+        return "%s %s %d mV" % (which, "passes" if "above_mv" in c else "falls below", c.get("above_mv", c.get("below_mv")))
+    if "temp" in c:
+        what = "the pack" if c["temp"] == "pack" else "sensor %d" % c["temp"]
+        return "%s %s %g C" % (what, "above" if "above_c" in c else "below", c.get("above_c", c.get("below_c")))
+    if "injected" in c:
+        return "%s is injected" % c["injected"]
+    if "removed" in c:
+        return "%s is removed" % c["removed"]
+    return "t=%g s" % c["at_s"]
+
+
+class _Expect:
+    """One expectation and what was seen of it."""
+
+    def __init__(self, e):
+        self.e = e
+        self.kind = e["expect"]
+        self.cond = _Cond(e.get("after", e.get("while"))) if ("after" in e or "while" in e) else None
+        self.t_hit = None  # fet_off / fet_on: when the FET did it
+        self.violation_s = 0.0
+        self.worst = None
+        self.done = False
+        self.extreme = None
+
+    def step(self, w, t, dt, events):
+        k = self.kind
+        if self.cond is not None:
+            self.cond.update(w, t, events)
+        if k in ("fet_off", "fet_on"):
+            if self.done or self.cond.first is None:
+                return
+            if _fet_is(w, self.e["fet"], k == "fet_on"):
+                # the gate changed at a known (watched) time
+                self.t_hit = max(self.cond.first, _since(w, self.e["fet"], t))
+                self.done = True
+        elif k == "fet_off_while":
+            c = self.cond
+            if c.now and t - c.since > self.e.get("grace_s", 0.0) and not _fet_is(w, self.e["fet"], False):
+                self.violation_s += dt
+                if self.worst is None:
+                    self.worst = t
+        elif k == "cell_max_below":
+            v = max(w.cell_true_mv(i) for i in range(w.pack.n))
+            if self.extreme is None or v > self.extreme:
+                self.extreme = v
+        elif k == "cell_min_above":
+            v = min(w.cell_true_mv(i) for i in range(w.pack.n))
+            if self.extreme is None or v < self.extreme:
+                self.extreme = v
+        elif k == "fet_state" and not self.done and self.e["at_s"] != "end" and t >= self.e["at_s"]:
+            self.extreme = (w.fet_on("chg"), w.fet_on("dsg"))
+            self.done = True
+
+    def judge(self, r):
+        """(passed, detail) at the end; r is the Runner."""
+        e = self.e
+        k = self.kind
+        if k in ("fet_off", "fet_on"):
+            if self.cond.first is None:
+                return False, "the condition never happened (%s)" % _describe_cond(e["after"])
+            if self.t_hit is None:
+                return False, "%s still %s at the end, %.1f s after the condition" % (
+                    e["fet"].upper(), "on" if k == "fet_off" else "off", r.t_end - self.cond.first)
+            d = self.t_hit - self.cond.first
+            lo = e.get("not_before_s", 0.0)
+            ok = lo - 1e-6 <= d <= e["within_s"] + 1e-6
+            return ok, "took %.3f s (condition at t=%.3f s)" % (d, self.cond.first)
+        if k == "fet_off_while":
+            if self.cond.first is None:
+                return False, "the condition never happened (%s)" % _describe_cond(e["while"])
+            if self.violation_s:
+                return False, "%s on for %.1f s while it should be off (first at t=%.1f s)" % (
+                    e["fet"].upper(), self.violation_s, self.worst)
+            return True, "held off (condition first at t=%.1f s)" % self.cond.first
+        if k == "no_fault":
+            allowed = e.get("except", [])
+            bad = [n for n in r.trips if n not in allowed]
+            seen = [n for n in r.faults_seen if n not in allowed]
+            if bad or seen:
+                return False, "tripped: %s" % ", ".join(sorted(set(bad + seen)))
+            if r.world.resets:
+                return False, "%d board reset(s)" % r.world.resets
+            return True, "none"
+        if k == "fault_seen":
+            n = r.trips.get(e["fault"], 0)
+            ok = n > 0 or e["fault"] in r.faults_seen
+            return ok, "%d trip(s)" % n
+        if k == "soc_within":
+            errs = [abs(fw - true) for t, fw, true in r.soc_pairs if t >= e.get("from_s", 0)]
+            if not errs:
+                return False, "no SOC samples"
+            worst = max(errs)
+            rms = (sum(x * x for x in errs) / len(errs)) ** 0.5
+            return worst <= e["pct"], "max error %.1f %%, RMS %.1f %% over %d samples" % (worst, rms, len(errs))
+        if k == "cell_max_below":
+            return self.extreme < e["mv"], "highest cell %.0f mV" % self.extreme
+        if k == "cell_min_above":
+            return self.extreme > e["mv"], "lowest cell %.0f mV" % self.extreme
+        if k == "spread_below":
+            w = r.world
+            vals = [w.cell_true_mv(i) for i in range(w.pack.n)]
+            d = max(vals) - min(vals)
+            return d < e["mv"], "spread %.0f mV" % d
+        if k == "resets":
+            n = r.world.resets
+            ok = e.get("min", 0) <= n <= e.get("max", n)
+            if e.get("cause") == "watchdog" and r.reset_causes:
+                ok = ok and all(c == simworld.WDT_RESET for c in r.reset_causes)
+            return ok, "%d reset(s)" % n
+        if k == "fet_state":
+            if e["at_s"] == "end":
+                self.extreme = (r.world.fet_on("chg"), r.world.fet_on("dsg"))
+            if self.extreme is None:
+                return False, "never reached t=%s" % e["at_s"]
+            chg, dsg = self.extreme
+            ok = e.get("chg", chg) == chg and e.get("dsg", dsg) == dsg
+            return ok, "CHG %s, DSG %s" % ("on" if chg else "off", "on" if dsg else "off")
+        n = max([len(b) for b in r.balancing_seen] or [0])
+        return n >= e.get("min_cells", 1) and r.bled, "up to %d cell(s) at once reported; bleeders %s" % (
+            n, "conducted" if r.bled else "never conducted")
+
+
+def _since(w, fet, t):
+    # Since when the FET(s) have been in their present state, from the
+    # runner's gate watchers (a gate that never changed: since boot, 0).
+    g = getattr(w, "gate_changed_s", None)
+    if g is None:
+        return t
+    if fet in ("chg", "dsg"):
+        return g[fet]
+    if fet == "both":
+        return max(g["chg"], g["dsg"])
+    return min(g["chg"], g["dsg"])
+
+
+class ScenarioStop(BaseException):
+    """The scenario's duration is over (raised through the firmware)."""
+
+
+class Runner:
+    """Idle hook and physics-step hook playing one scenario.
+
+    headless: sample status and the truth into csv_path, judge expectations
+    and stop the world after the duration. Interactive: only the actions.
+    """
+
+    def __init__(self, world, sc, out=None, csv_path=None, headless=True):
+        self.world = world
+        self.sc = sc
+        self.out = out or (lambda line: None)
+        self.headless = headless
+        self.cmds = simcmd.SimCommands(world, self.out)
+        self.actions = sorted(sc.get("actions", []), key=lambda a: a["at_s"])
+        self.next_action = 0
+        self.events = []  # (t, fault, "on"/"off") from actions
+        self.expects = [_Expect(e) for e in sc.get("expect", [])] if headless else []
+        self.t_end = duration_s(sc)
+        self.sample_ms = int(sc.get("sample_s", 60) * 1000)
+        self.next_sample_ms = 0
+        self.pending = None  # virtual ms a status request went out, awaiting its reply
+        self.rx = bytearray()
+        self.csv = None
+        self.columns = None
+        self.trips = {}
+        self.faults_seen = []
+        self.soc_pairs = []
+        self.balancing_seen = []
+        self.bled = False
+        self.reset_causes = []
+        self.transcript = []
+        self._resets = world.resets
+        self.final = None  # the faults --json reply at the end
+        self.finishing = None  # virtual ms the final query went out
+        if headless and csv_path:
+            self.csv = open(csv_path, "w")
+        self._watch_gates()
+        world.idle_hooks.append(self.idle)
+        if self.expects:
+            world.step_hooks.append(self.step)
+
+    def _watch_gates(self):
+        w = self.world
+        w.gate_changed_s = {"chg": 0.0, "dsg": 0.0}
+        f = w.board.get("fets") or {}
+
+        def watcher(name):
+            def changed(level):
+                w.gate_changed_s[name] = w.now_ms / 1000.0
+
+            return changed
+
+        for name in ("chg", "dsg"):
+            if f.get(name) is not None:
+                w.watch_pin(f[name], watcher(name))
+
+    # ---- per physics step -------------------------------------------------
+
+    def step(self, dt_ms):
+        w = self.world
+        t = w.now_ms / 1000.0
+        for e in self.expects:
+            e.step(w, t, dt_ms / 1000.0, self.events)
+        if not self.bled:
+            for k in range(w.pack.n):
+                if w.bleeding(k):
+                    self.bled = True
+                    break
+
+    # ---- per idle -----------------------------------------------------------
+
+    def idle(self):
+        w = self.world
+        if w.resets != self._resets:
+            self._resets = w.resets
+            self.reset_causes.append(w.reset_cause)
+            self.pending = None  # a reply in flight died with the board
+        t = w.now_ms / 1000.0
+        while self.next_action < len(self.actions) and self.actions[self.next_action]["at_s"] <= t:
+            self._act(self.actions[self.next_action])
+            self.next_action += 1
+        if not self.headless:
+            return
+        self._collect()
+        if self.finishing is not None:
+            if self.final is not None or w.now_ms - self.finishing > 2000:
+                raise ScenarioStop()
+            return
+        if t >= self.t_end:
+            if self.pending is not None:
+                self._row(None)
+                self.pending = None
+            self.finishing = w.now_ms
+            w.uart_feed("faults --json\n")
+            return
+        if w.now_ms >= self.next_sample_ms:
+            if self.pending is not None:
+                self._row(None)  # no reply since the last request: the firmware is not answering
+            self.next_sample_ms += self.sample_ms
+            self.pending = w.now_ms
+            w.uart_feed("status --json\n")
+
+    def _act(self, a):
+        w = self.world
+        if "console" in a:
+            w.uart_feed(a["console"] + "\n")
+            self.transcript.append("%.3f > %s" % (w.now_ms / 1000.0, a["console"]))
+            return
+        for line in self.cmds.run(a["sim"]):
+            self.out(line)
+            self.transcript.append("%.3f %s" % (w.now_ms / 1000.0, line))
+        words = a["sim"].split()
+        if len(words) >= 3 and words[0] == "fault" and words[2] in ("on", "off"):
+            self.events.append((w.now_ms / 1000.0, words[1], words[2]))
+
+    def _collect(self):
+        data = self.world.uart_take()
+        if not data:
+            return
+        self.rx.extend(data)
+        while True:
+            i = self.rx.find(b"\n")
+            if i < 0:
+                break
+            line = bytes(self.rx[:i]).strip()
+            self.rx = self.rx[i + 1:]
+            if line.startswith(b"{"):
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    doc = None
+                if isinstance(doc, dict) and "trips" in doc:
+                    self.final = doc
+                    self.trips = doc["trips"]
+                    continue
+                if isinstance(doc, dict) and "state" in doc and self.pending is not None:
+                    self.pending = None
+                    self._row(doc)
+                    continue
+            self.transcript.append("%.3f < %s" % (self.world.now_ms / 1000.0, line.decode()))
+
+    def _row(self, s):
+        w = self.world
+        p = w.pack
+        n = p.n
+        t = w.now_ms / 1000.0
+        if s is not None:
+            for f in s.get("faults", []):
+                if f not in self.faults_seen:
+                    self.faults_seen.append(f)
+            if s.get("soc_pct") is not None:
+                self.soc_pairs.append((t, s["soc_pct"], p.soc_pct()))
+            if s.get("balancing"):
+                self.balancing_seen.append(s["balancing"])
+        if self.csv is None:
+            return
+        if self.columns is None:
+            n_t = len(w.temp_pin)
+            self.columns = (["sim_t_s", "tod_h", "uptime_s", "state", "chg", "dsg", "pack_mv", "current_ma", "soc_pct"]
+                            + ["cell%d_mv" % (k + 1) for k in range(n)] + ["t%d_c" % (i + 1) for i in range(n_t)]
+                            + ["board_c", "faults", "balancing", "true_chg", "true_dsg", "true_current_ma",
+                               "true_soc_pct"] + ["true_cell%d_mv" % (k + 1) for k in range(n)]
+                            + ["pack_temp_c", "true_board_c", "ambient_c", "resets"])
+            self.csv.write(",".join(self.columns) + "\n")
+        row = ["%.1f" % t, "%.4f" % (w.time_of_day_s() / 3600.0)]
+        if s is None:
+            row += [""] * (7 + n + len(w.temp_pin) + 3)
+        else:
+            cells = s.get("cells_mv") or []
+            temps = s.get("temps_c") or []
+            row += [_cell(s.get("uptime_s")), s.get("state", ""), _bit(s.get("chg")), _bit(s.get("dsg")),
+                    _cell(s.get("pack_mv")), _cell(s.get("current_ma")), _cell(s.get("soc_pct"))]
+            row += [_cell(cells[k]) if k < len(cells) else "" for k in range(n)]
+            row += [_cell(temps[i]) if i < len(temps) else "" for i in range(len(w.temp_pin))]
+            row += [_cell(s.get("board_c")), " ".join(s.get("faults", [])),
+                    " ".join(str(c) for c in s.get("balancing", []))]
+        row += [_bit(w.fet_on("chg")), _bit(w.fet_on("dsg")), str(w.flowing_ma()), "%.2f" % p.soc_pct()]
+        row += ["%.1f" % w.cell_true_mv(k) for k in range(n)]
+        row += ["%.2f" % p.temp_c, "%.2f" % w.board_temp(), "%.2f" % p.ambient_c, str(w.resets)]
+        self.csv.write(",".join(row) + "\n")
+
+    # ---- the end -------------------------------------------------------------
+
+    def finish(self):
+        """Judge every expectation; returns the result document."""
+        if self.csv is not None:
+            self.csv.close()
+            self.csv = None
+        results = []
+        for e in self.expects:
+            ok, detail = e.judge(self)
+            results.append({"expect": describe(e.e), "passed": bool(ok), "detail": detail})
+        return {
+            "scenario": self.sc["name"],
+            "passed": all(r["passed"] for r in results),
+            "sim_s": self.world.now_ms / 1000.0,
+            "expectations": results,
+            "trips": self.trips,
+            "resets": self.world.resets,
+        }
+
+
+def _cell(v):
+    return "" if v is None else str(v)
+
+
+def _bit(v):
+    return "" if v is None else ("1" if v else "0")
