@@ -86,6 +86,7 @@ def test_tap_reading_has_1mv_resolution_and_offset_is_not_physics(world):
 
 def test_tap_gain_error(world):
     world.tap_gain_error[3] = 1.02  # tap 3 reads 2 % high
+    world.changed()
     adc = machine.ADC(34, atten=machine.ADC.ATTN_11DB)
     assert adc.read_uv() == 1683000  # 9900 / 6 * 1.02
 
@@ -167,19 +168,20 @@ def test_ntc_beta_equation(world):
     world.set_board_temp(60.0)
     for t, pin in ((0.0, 39), (60.0, 25)):
         r = 10000 * math.exp(3950 * (1 / (t + 273.15) - 1 / 298.15))
-        assert world.pin_mv(pin) == pytest.approx(2500 * r / (r + 10000))
+        assert world.pin_mv(pin) == pytest.approx(2500 * r / (r + 10000), abs=0.001)  # uV resolution
     assert 1924 < world.pin_mv(39) < 1930  # cold: R about 33.6 k
     assert 490 < world.pin_mv(25) < 505  # hot: R about 2.5 k
 
 
 def test_ntc_open_and_short(world):
     adc = machine.ADC(39, atten=machine.ADC.ATTN_11DB)
-    world.ntc_open[0] = True
+    world.set_fault("ntc_open", True, 1)
     assert world.pin_mv(39) == 2500 and adc.read_uv() == 2450000  # pin at its supply, ADC saturates
-    world.ntc_open[0] = False
-    world.ntc_short[0] = True
+    world.set_fault("ntc_open", False)
+    world.set_fault("ntc_short", True, 1)
     assert adc.read_uv() == 0
     world.board_ntc_short = True
+    world.changed()
     assert machine.ADC(25, atten=machine.ADC.ATTN_11DB).read_uv() == 0
 
 

@@ -118,7 +118,7 @@ def test_clear_while_the_short_is_still_there_keeps_fets_off():
 def test_open_thermistor_opens_both_fets():
     world, bms, reader = _boot()
     _step(world, reader, 300)
-    world.ntc_open[0] = True
+    world.set_fault("ntc_open", True, 1)
     _step(world, reader, 800)
     assert "sensor" in bms.prot.names(bms.prot.active)
     assert not world.fet_on("chg") and not world.fet_on("dsg")

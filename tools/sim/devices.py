@@ -46,7 +46,7 @@ class Hc595Chain:
         return bytes(out)
 
     def _on_latch(self, level):
-        if level:
+        if level and self.latched != self.shift:
             self.latched = self.shift
             self.world.changed()
 

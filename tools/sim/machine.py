@@ -54,6 +54,9 @@ def _pin_id(pin):
     return int(pin)
 
 
+_NO_VALUE = object()  # Pin.value() called without an argument
+
+
 class Pin:
     IN = simworld.PIN_IN
     OUT = simworld.PIN_OUT
@@ -73,16 +76,17 @@ class Pin:
     def init(self, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
         self._w.configure_pin(self.id, mode, pull, value)
 
-    def value(self, *v):
-        if v:
-            self._w.write_pin(self.id, v[0])
+    # A default instead of *args: a star-args call allocates a tuple, which
+    # a hard IRQ must not do (the real Pin.value is C and allocates nothing).
+    def value(self, v=_NO_VALUE):
+        if v is not _NO_VALUE:
+            self._w.write_pin(self.id, v)
             return None
         return self._w.read_pin(self.id)
 
-    def __call__(self, *v):
-        # Same as value(), written out: forwarding *v would allocate.
-        if v:
-            self._w.write_pin(self.id, v[0])
+    def __call__(self, v=_NO_VALUE):
+        if v is not _NO_VALUE:
+            self._w.write_pin(self.id, v)
             return None
         return self._w.read_pin(self.id)
 

@@ -91,6 +91,7 @@ ATTN_2_5DB = 1
 ATTN_6DB = 2
 ATTN_11DB = 3
 ATTN_MAX_MV = (950, 1250, 1750, 2450)
+_ATTN_MAX_UV = (950000, 1250000, 1750000, 2450000)
 # read_u16() full scale, as specified for this simulator.
 U16_FULL_SCALE_MV = 3300
 
@@ -225,7 +226,8 @@ class SimWorld:
         self.shunt_offset_ma = sensors.get("shunt_offset_ma", 0)
         self.shunt_gain = 1.0 + sensors.get("shunt_gain_pct", 0) / 100.0
         sigma = sensors.get("adc_noise_mv", 0)
-        self._noise = Prng(sensors.get("seed", 1)).table(1024, sigma) if sigma else [0.0]
+        # Noise in integer uV: ADC reads stay allocation-free small-int sums.
+        self._noise = [int(x * 1000) for x in Prng(sensors.get("seed", 1)).table(1024, sigma)] if sigma else [0]
         self._noise_mask = len(self._noise) - 1
         self._noise_i = 0
         # Per-input gain error, keyed by input number (1-based: tap k, or
@@ -253,7 +255,6 @@ class SimWorld:
         self.pin_irq = {}  # {pin: (Pin object, handler, trigger, hard)}
         self.adc_atten = {}  # per ADC channel, sticky like the hardware
         self._watchers = {}  # {pin: [callback(level)]} of chip models
-        self._pulled_down = set()  # board pull-downs (an undriven pin reads 0)
 
         # --- time, timers, watchdog ---
         self.now_ms = 0
@@ -307,17 +308,24 @@ class SimWorld:
         self._analog = {}  # pin -> ("tap", k) | ("cell", k) | ("pack", 0) | ("current", 0) | ("ntc", i) | ("board_ntc", 0)
         self._diff = b.get("cell_inputs", "cumulative") == "differential"
         self._mux = b.get("mux")
-        self._mux_inputs = {}  # mux input -> ("cell", k)
+        taps = b.get("cell_taps") or []
+        self._in_scale = [1.0 / t["scale"] for t in taps]
+        self._mux_map = []  # mux address -> cell-measurement input, -1: nothing wired
         kind = "cell" if self._diff else "tap"
-        for k, tap in enumerate(b.get("cell_taps") or []):
-            if "mux" in tap:
-                self._mux_inputs[tap["mux"]] = (kind, k)
-            else:
+        for k, tap in enumerate(taps):
+            if "mux" not in tap:
                 self._analog[tap["pin"]] = (kind, k)
+        self._mux_addr = 0  # select lines pulled down
+        self._mux_pin = None
         if self._mux:
-            self._analog[self._mux["pin"]] = ("mux", 0)
+            self._mux_map = [-1] * (1 << len(self._mux["select"]))
+            for k, tap in enumerate(taps):
+                if "mux" in tap:
+                    self._mux_map[tap["mux"]] = k
+            self._mux_pin = self._mux["pin"]
+            self._analog[self._mux_pin] = ("mux", 0)
             for p in self._mux["select"]:
-                self._pulled_down.add(p)
+                self.watch_pin(p, self._on_select)
         if b.get("pack_tap"):
             self._analog[b["pack_tap"]["pin"]] = ("pack", 0)
         if b.get("current"):
@@ -431,16 +439,20 @@ class SimWorld:
 
     def bleeding(self, k):
         """True if cell k's (0-based) bleeder conducts."""
-        if self._bleed_pins is not None:
-            return k < len(self._bleed_pins) and self.pin_out.get(self._bleed_pins[k], 0) == 1
-        if self.shift595 is not None:
-            return k < self.shift595.bits and self.shift595.output(k) == 1
-        return False
+        self._refresh()
+        return bool(self._bleed_mask >> k & 1)
 
-    def bleed_a(self, k):
-        if not self.bleeding(k):
-            return 0.0
-        return self.pack.cell_mv(k, self.current_a) / 1000.0 / self.bleed_ohm
+    def _bleeders_now(self):
+        # Bit k set: cell k's bleeder conducts (GPIO level or 595 output).
+        mask = 0
+        if self._bleed_pins is not None:
+            out = self.pin_out
+            for k in range(len(self._bleed_pins)):
+                if out.get(self._bleed_pins[k], 0) == 1:
+                    mask |= 1 << k
+        elif self.shift595 is not None and self.shift595.enabled():
+            mask = self.shift595.latched
+        return mask
 
     def cell_true_mv(self, k):
         """Terminal voltage of cell k (0-based) now, as a voltmeter would read it."""
@@ -448,7 +460,8 @@ class SimWorld:
         return self._cell_mv[k]
 
     def _refresh(self):
-        # Recompute what flows and every analog input once per change.
+        # Recompute what flows, the cell voltages and every analog input
+        # once per change; ADC reads then only look them up.
         if not self._stale:
             return
         self._stale = False
@@ -458,44 +471,61 @@ class SimWorld:
         srcs = self.sources if self.manual_ma is None else [srcmod.Constant(self.manual_ma / 1000.0)]
         if self._fault_sources:
             srcs = srcs + self._fault_sources
-        self.current_a = srcmod.solve(srcs, self.time_of_day_s(), p, chg, dsg) if srcs else 0.0
-        n = p.n
+        i = self.current_a = srcmod.solve(srcs, self.time_of_day_s(), p, chg, dsg) if srcs else 0.0
+        mask = self._bleed_mask = self._bleeders_now()
         cells = []
-        for k in range(n):
-            i = self.current_a - (p.cell_mv(k, self.current_a) / 1000.0 / self.bleed_ohm if self.bleeding(k) else 0.0)
-            cells.append(p.cell_mv(k, i))
+        for k in range(p.n):
+            if mask >> k & 1:  # the bleeder's current comes out of its own cell
+                cells.append(p.cell_mv(k, i - p.cell_mv(k, i) / 1000.0 / self.bleed_ohm))
+            else:
+                cells.append(p.cell_mv(k, i))
         self._cell_mv = cells
+        inputs = self._in_mv = self._inputs(cells)
+        now = {}  # pin -> uV
+        for pin in self._analog:
+            role = self._analog[pin]
+            if role[0] != "mux":
+                now[pin] = int(self._role_mv(role) * 1000)
+        self._pin_now = now
+        if self._mux:
+            self._mux_now = [int(inputs[k] * 1000) if k >= 0 else 0 for k in self._mux_map]
         self._update_comparator()
 
-    def _input_mv(self, kind, k):
-        # Voltage of cell-measurement input k (tap or amplifier output).
-        frozen = self._frozen.get(k)
-        if frozen is not None:
-            return frozen
-        b = self.board
-        cells = self._cell_mv
+    def _inputs(self, cells):
+        # Every cell-measurement input in mV: tap k sees cells 1..k through
+        # its divider (unpopulated taps are tied to the top of the stack),
+        # or amplifier k sees cell k (unpopulated ones are shorted).
         n = len(cells)
-        scale = b["cell_taps"][k]["scale"]
-        if kind == "cell":
-            v = cells[k] if k < n else 0.0  # unpopulated input shorted
-        else:
-            v = 0.0
-            for j in range(min(k + 1, n)):  # unpopulated taps tied to the top
-                v += cells[j]
-        return v / scale * self.tap_gain_error.get(k + 1, 1.0)
+        out = []
+        acc = 0.0
+        scale = self._in_scale
+        for k in range(len(scale)):
+            if self._diff:
+                v = cells[k] if k < n else 0.0
+            else:
+                if k < n:
+                    acc += cells[k]
+                v = acc
+            out.append(v * scale[k])
+        for k in self.tap_gain_error:
+            out[k - 1] *= self.tap_gain_error[k]
+        for k in self._frozen:
+            out[k] = self._frozen[k]
+        return out
+
+    def _on_select(self, _level):
+        # A mux select line changed: the mux now passes another input.
+        sel = self._mux["select"]
+        addr = 0
+        for i in range(len(sel)):
+            addr |= self.read_pin(sel[i]) << i
+        self._mux_addr = addr
 
     def _role_mv(self, role):
         kind, k = role
         b = self.board
         if kind == "tap" or kind == "cell":
-            return self._input_mv(kind, k)
-        if kind == "mux":
-            addr = 0
-            sel = self._mux["select"]
-            for i in range(len(sel)):
-                addr |= self.read_pin(sel[i]) << i
-            r = self._mux_inputs.get(addr)
-            return self._input_mv(r[0], r[1]) if r else 0.0
+            return self._in_mv[k]
         if kind == "pack":
             total = 0.0
             for v in self._cell_mv:
@@ -510,14 +540,15 @@ class SimWorld:
         return ntc_pin_mv(b["board_ntc"], self.board_temp(), self.board_ntc_open, self.board_ntc_short)
 
     def pin_mv(self, pin):
-        """Analog voltage (mV, float) at a pin, from the circuit."""
+        """Analog voltage (mV, float) at a pin, from the circuit. After
+        changing an attribute directly (ntc_open, tap_gain_error, ...) call
+        changed(): readings are computed once per change."""
         if pin in self.analog_mv:
             return float(self.analog_mv[pin])
         self._refresh()
-        role = self._analog.get(pin)
-        if role is None:
-            return 0.0
-        return self._role_mv(role)
+        if pin == self._mux_pin:
+            return self._mux_now[self._mux_addr] / 1000.0
+        return self._pin_now.get(pin, 0) / 1000.0
 
     # ------------------------------------------------------------------
     # Faults
@@ -571,7 +602,7 @@ class SimWorld:
             if on:
                 self._refresh()
                 # freeze the input carrying this cell (its tap on a divider board)
-                self._frozen[arg - 1] = self._input_mv("cell" if self._diff else "tap", arg - 1)
+                self._frozen[arg - 1] = self._in_mv[arg - 1]
             else:
                 self._frozen.pop(arg - 1, None)
         elif name == "load_short":
@@ -643,15 +674,24 @@ class SimWorld:
             del self.pin_out[pin]
         new = self.read_pin(pin)
         if new != old:
-            if pin in self._current_pins:
-                self._stale = True
-            w = self._watchers.get(pin)
-            if w is not None:
-                for cb in w:
-                    cb(new)
+            self._level_changed(pin, new)
+
+    def _level_changed(self, pin, level):
+        if pin in self._current_pins:
+            self._stale = True
+        w = self._watchers.get(pin)
+        if w is not None:
+            for cb in w:
+                cb(level)
 
     def write_pin(self, pin, v):
-        self.pin_latch[pin] = 1 if v else 0
+        v = 1 if v else 0
+        self.pin_latch[pin] = v
+        if self.pin_mode.get(pin, 0) == PIN_OUT:  # the common case, fast: a push-pull output
+            if self.pin_out.get(pin) != v:
+                self.pin_out[pin] = v
+                self._level_changed(pin, v)
+            return
         self._update_drive(pin)
 
     def read_pin(self, pin):
@@ -747,25 +787,33 @@ class SimWorld:
             raise ValueError("invalid atten")
         self.adc_atten[pin] = atten
 
-    def _adc_mv(self, pin):
-        # What the calibrated ESP32 ADC reports: the pin voltage plus noise,
-        # clamped to the range of the attenuation, 1 mV resolution.
+    def adc_read_uv(self, pin):
+        """What the calibrated ESP32 ADC reports: the pin voltage plus noise,
+        clamped to the range of the attenuation, in uV at 1 mV resolution.
+        The hot path of the whole simulation: values come precomputed and
+        the arithmetic stays in small ints."""
         if self.faults:
             self._front_end_access()
+        if self._stale:
+            self._refresh()
+        if self.analog_mv and pin in self.analog_mv:
+            uv = int(self.analog_mv[pin] * 1000)
+        elif pin == self._mux_pin:
+            uv = self._mux_now[self._mux_addr]
+        else:
+            uv = self._pin_now.get(pin, 0)
         i = self._noise_i = (self._noise_i + 1) & self._noise_mask
-        mv = self.pin_mv(pin) + self._noise[i]
-        top = ATTN_MAX_MV[self.adc_atten.get(pin, ATTN_0DB)]
-        if mv < 0:
-            mv = 0.0
-        elif mv > top:
-            mv = top
-        return int(mv + 0.5)
-
-    def adc_read_uv(self, pin):
-        return self._adc_mv(pin) * 1000
+        uv += self._noise[i]
+        top = _ATTN_MAX_UV[self.adc_atten.get(pin, ATTN_0DB)]
+        if uv < 0:
+            uv = 0
+        elif uv > top:
+            uv = top
+        return (uv + 500) // 1000 * 1000
 
     def adc_read_u16(self, pin):
-        return min(65535, (self._adc_mv(pin) * 65535 + U16_FULL_SCALE_MV // 2) // U16_FULL_SCALE_MV)
+        mv = self.adc_read_uv(pin) // 1000
+        return min(65535, (mv * 65535 + U16_FULL_SCALE_MV // 2) // U16_FULL_SCALE_MV)
 
     # ------------------------------------------------------------------
     # Buses (used by machine.SPI and machine.I2C)
@@ -962,13 +1010,14 @@ class SimWorld:
         i = self.current_a
         bleed = None
         heat = i * i * self.sim["fet_mohm"] / 1000.0
-        for k in range(p.n):
-            if self.bleeding(k):
-                if bleed is None:
-                    bleed = [0.0] * p.n
-                a = self._cell_mv[k] / 1000.0 / self.bleed_ohm
-                bleed[k] = a
-                heat += a * a * self.bleed_ohm
+        mask = self._bleed_mask
+        if mask:
+            bleed = [0.0] * p.n
+            for k in range(p.n):
+                if mask >> k & 1:
+                    a = self._cell_mv[k] / 1000.0 / self.bleed_ohm
+                    bleed[k] = a
+                    heat += a * a * self.bleed_ohm
         p.step(dt, i, bleed)
         if self.ambient_profile:
             p.ambient_c = _daily(self.ambient_profile, self.time_of_day_s() / 3600.0)
