@@ -76,7 +76,10 @@ def _time_unit(span_s):
 
 def _fet_off_spans(log, x):
     """[(x_start, x_end)] where chg or dsg was 0; each span ends at the next row with both on."""
-    flags = [c for c in FET_COLUMNS if c in log.fields]
+    # The gates themselves when the log has them (a scenario log): a board
+    # that is resetting reports nothing, but its FETs are still off.
+    true_flags = ["true_" + c for c in FET_COLUMNS if "true_" + c in log.fields]
+    flags = true_flags or [c for c in FET_COLUMNS if c in log.fields]
     off = [any((row.get(c) or "").strip() == "0" for c in flags) for row in log.rows]
     spans = []
     start = None

@@ -173,8 +173,10 @@ class Terminal:
 
     def write(self, data):
         self.out.write(data)
-        if hasattr(self.out, "flush"):
+        try:
             self.out.flush()
+        except OSError:  # a raw pipe: MicroPython's flush is fsync, EINVAL there
+            pass
 
 
 def _load_entry(path):

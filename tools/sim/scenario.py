@@ -526,7 +526,9 @@ class Runner:
         if w.resets != self._resets:
             self._resets = w.resets
             self.reset_causes.append(w.reset_cause)
-            self.pending = None  # a reply in flight died with the board
+            if self.pending is not None:  # the reply in flight died with the board
+                self.pending = None
+                self._row(None)
         t = w.now_ms / 1000.0
         while self.next_action < len(self.actions) and self.actions[self.next_action]["at_s"] <= t:
             self._act(self.actions[self.next_action])

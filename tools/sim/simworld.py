@@ -827,22 +827,24 @@ class SimWorld:
 
     def spi_transfer(self, bus, tx):
         """Clock tx out on bus; returns what MISO carried (0xFF: nobody)."""
-        if self.faults:
-            self._front_end_access_bus(None)
         rx = None
         for dev in self.spi_devices.get(bus, ()):
             if dev.cs is None or self.read_pin(dev.cs) == 0:
+                if self.faults and not self._front_end_access_bus(dev):
+                    continue  # a front-end that does not answer leaves MISO to the pull-up
                 got = dev.spi_transfer(bytes(tx))
                 if dev.cs is not None and rx is None:
                     rx = got
         return rx if rx is not None else b"\xff" * len(tx)
 
     def _front_end_access_bus(self, dev):
+        # Bus traffic to the front-end chip: a hang or a chip that does not
+        # answer. Other chips (a shift register) are not affected.
+        if not getattr(dev, "afe", False):
+            return True
         if "firmware_hang" in self.faults:
             self._hang()
-        if dev is not None and getattr(dev, "afe", False) and "afe_nack" in self.faults:
-            return False
-        return True
+        return "afe_nack" not in self.faults
 
     def _i2c_nack(self):
         raise OSError(ENODEV if self.esp32 else EIO)
@@ -1125,6 +1127,9 @@ class SimWorld:
         """The MCU restarts: its peripherals back to reset state (FET gates,
         mux select lines and /OE float to their pulls); the pack, chip
         models, external inputs, the clock and the UART queues carry on."""
+        before = {}
+        for pin in self._watchers:
+            before[pin] = self.read_pin(pin)
         self.timers = []
         self.pin_out = {}
         self.pin_mode = {}
@@ -1133,6 +1138,10 @@ class SimWorld:
         self.pin_irq = {}
         self.adc_atten = {}
         self.spi_buses = {}
+        for pin in before:  # watchers see the pins fall back to their pulls
+            level = self.read_pin(pin)
+            if level != before[pin]:
+                self._level_changed(pin, level)
         self.wdt_running = False
         self.wdt_expired = False
         self.reset_requested = False

@@ -168,8 +168,13 @@ class Bms:
         except Exception as e:
             self._fail_safe(e)
             return False
-        if ok and self.wdt is not None:
-            self.wdt.feed()  # a hung loop or a blind BMS lets the watchdog reset the board
+        # A tick that completed decided the FETs (a blind one holds them
+        # open), so the loop is in control: feed. A hung loop, or a tick
+        # that keeps failing, starves the watchdog and the board resets. A
+        # lost sensor must not reboot the board every few seconds: that
+        # would drop latched faults and the console with it.
+        if self.wdt is not None:
+            self.wdt.feed()
         return ok
 
     def _fail_safe(self, e):
