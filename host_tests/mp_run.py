@@ -1,16 +1,21 @@
-# Runs the logic tests inside the real MicroPython interpreter, where pytest
-# cannot run: every test_* function of every host_tests/logic/test_*.py.
-#   MICROPYPATH=firmware/lib:tools/sim:host_tests/logic:.frozen micropython host_tests/mp_run.py [module ...]
+# Runs the logic and simulator tests inside the real MicroPython interpreter,
+# where pytest cannot run: every test_* function of every test_*.py in
+# host_tests/logic and host_tests/sim (both folders on MICROPYPATH).
+#   MICROPYPATH=firmware/lib:firmware:tools/sim:host_tests/logic:host_tests/sim:.frozen \
+#       micropython host_tests/mp_run.py [module ...]
 import os
 import sys
 
-HERE = "host_tests/logic"
+FOLDERS = ("host_tests/logic", "host_tests/sim")
 
 
 def modules():
     if len(sys.argv) > 1:
         return sys.argv[1:]
-    return sorted(n[:-3] for n in os.listdir(HERE) if n.startswith("test_") and n.endswith(".py"))
+    names = []
+    for d in FOLDERS:
+        names += [n[:-3] for n in os.listdir(d) if n.startswith("test_") and n.endswith(".py")]
+    return sorted(names)
 
 
 def main():

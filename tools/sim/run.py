@@ -281,7 +281,8 @@ def setup(opts):
                 world.set_cell(n + 1, mv)
     cfg = opts["config"]
     if cfg is None:
-        fs = opts["fs"] or "/tmp/openbms-vboard-%s" % os.getenv("USER", "sim")
+        # A fresh folder per run unless one is given (runs may be concurrent).
+        fs = opts["fs"] or "/tmp/openbms-vboard-%s" % "".join("%02x" % b for b in os.urandom(4))
         _mkdirs(fs)
         cfg = fs + "/config.json"
         notes.append(_write_config(cfg, board, chem, cells, sc.get("config") if sc else None,
