@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Firmware benchmarks under the real MicroPython interpreter (make bench).
+"""Benchmarks under the real MicroPython interpreter (make bench).
 
 Prints a table, or with --json one JSON object with every figure:
-heap bytes allocated per tick in steady state (4S, 16S, direct-ADC driver),
-microseconds per tick on this host, heap in use after start-up, and a run of
-the firmware inside `micropython -X heapsize=64k`.
+- the firmware: heap bytes allocated per tick in steady state (4S, 16S,
+  direct-ADC driver), microseconds per tick on this host, heap in use after
+  start-up, and the firmware alone inside `micropython -X heapsize=64k`;
+- the virtual board: simulated seconds per wall second for the 16S and 4S
+  boards (an hour of the solar-day scenario at the default 100 ms tick,
+  charging and balancing), and the whole 24 h solar-day scenario (firmware
+  and simulator compiled to .mpy) on a 64 KiB heap and on the smallest heap
+  that completes it.
 """
 import argparse
 import json
@@ -79,12 +84,85 @@ def heap_figures():
     return out
 
 
+SIM = os.path.join(ROOT, "tools", "sim")
+SOLAR_DAY = os.path.join(ROOT, "scenarios", "solar_day.json")
+
+
+def _scenario_run(scenario, out, heap_kib=None, path=None, main=None):
+    """tools/sim/run.py --headless on one scenario: its result.json, or None."""
+    cmd = [micropython()]
+    if heap_kib:
+        cmd += ["-X", "heapsize=%dk" % heap_kib]
+    if path:  # compiled modules: run.mpy is on MICROPYPATH
+        cmd += ["-m", "run"]
+        env = dict(os.environ, MICROPYPATH=path + ":.frozen")
+    else:
+        cmd += [os.path.join(SIM, "run.py")]
+        env = dict(os.environ, MICROPYPATH=":".join((os.path.join(ROOT, "firmware", "lib"), SIM, ".frozen")))
+    cmd += ["--scenario", scenario, "--headless", "--out", out, "--fs", os.path.join(out, "fs"),
+            "--main", main or os.path.join(ROOT, "firmware", "main.py")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    try:
+        with open(os.path.join(out, "result.json")) as f:
+            return json.load(f) if r.returncode in (0, 1) else None
+    except OSError:
+        return None
+
+
+def vboard_speed(board, tmp):
+    """Simulated/wall time for an hour of the solar day from 10:00 at the
+    default tick (charging, balancing), as the virtual board runs it."""
+    with open(SOLAR_DAY) as f:
+        sc = json.load(f)
+    sc.update({"board": board, "cells": None, "duration_s": 3600, "start_h": 10, "config": {}, "expect": []})
+    with open(os.path.join(ROOT, "boards", board + ".json")) as f:
+        sc["cells"] = json.load(f)["cells"]
+    path = os.path.join(tmp, board + ".json")
+    with open(path, "w") as f:
+        json.dump(sc, f)
+    res = _scenario_run(path, os.path.join(tmp, board))
+    return None if res is None else round(res["speed"])
+
+
+def compile_all(out):
+    """Firmware, main.py and the simulator as .mpy, like a frozen build keeps
+    the compiler's work off the heap."""
+    compile_mpy(out)
+    mpyc = os.path.join(os.path.dirname(micropython()), "mpy-cross")
+    for f in os.listdir(SIM):
+        if f.endswith(".py"):
+            subprocess.run([mpyc, "-O3", "-o", os.path.join(out, f[:-3] + ".mpy"), os.path.join(SIM, f)], check=True)
+    subprocess.run([mpyc, "-O3", "-o", os.path.join(out, "main.mpy"), os.path.join(ROOT, "firmware", "main.py")],
+                   check=True)
+
+
+def vboard_figures():
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        out["vboard_speed_16s_x"] = vboard_speed("esp32_mux_16s", tmp)
+        out["vboard_speed_4s_x"] = vboard_speed("esp32_adc_4s", tmp)
+        mpy = os.path.join(tmp, "mpy")
+        os.makedirs(mpy)
+        compile_all(mpy)
+        main_mpy = os.path.join(mpy, "main.mpy")
+        res = _scenario_run(SOLAR_DAY, os.path.join(tmp, "day64"), 64, mpy, main_mpy)
+        out["solar_day_64k_ok"] = bool(res and res["passed"])
+        for kib in (64, 96, 128, 160, 192, 256, 384, 512, 768, 1024):
+            r = res if kib == 64 else _scenario_run(SOLAR_DAY, os.path.join(tmp, "day%d" % kib), kib, mpy, main_mpy)
+            if r and r["passed"]:
+                out["solar_day_min_heap_kib"] = kib
+                out["solar_day_speed_x"] = round(r["speed"])
+                break
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     figures = run("full")
     figures.update(heap_figures())
+    figures.update(vboard_figures())
     if args.json:
         print(json.dumps(figures))
         return 0
@@ -96,6 +174,11 @@ def main(argv=None):
         return 1
     if not figures["heap64k_ok"]:
         print("note: the firmware does not fit a 64 KiB heap on this 64-bit host build (see min_heap_kib_unix64)")
+    if not figures["solar_day_64k_ok"]:
+        print("note: the 24 h solar day (firmware + simulator) does not fit a 64 KiB heap here"
+              " (see solar_day_min_heap_kib)")
+    if (figures["vboard_speed_16s_x"] or 0) < 200:
+        print("note: the 16S virtual board ran below its 200x goal on this host")
     return 0
 
 

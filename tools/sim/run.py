@@ -185,6 +185,8 @@ def _load_entry(path):
     folder, name = (path[:i] or "/", path[i + 1:]) if i >= 0 else (".", path)
     if name.endswith(".py"):
         name = name[:-3]
+    elif name.endswith(".mpy"):  # compiled firmware (the small-heap benchmark)
+        name = name[:-4]
     if folder not in sys.path:
         sys.path.insert(0, folder)
     return __import__(name)

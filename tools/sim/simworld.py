@@ -227,7 +227,10 @@ class SimWorld:
         self.shunt_gain = 1.0 + sensors.get("shunt_gain_pct", 0) / 100.0
         sigma = sensors.get("adc_noise_mv", 0)
         # Noise in integer uV: ADC reads stay allocation-free small-int sums.
-        self._noise = [int(x * 1000) for x in Prng(sensors.get("seed", 1)).table(1024, sigma)] if sigma else [0]
+        self._noise = [0]
+        if sigma:
+            g = Prng(sensors.get("seed", 1))
+            self._noise = [int(g.gauss(0.0, sigma) * 1000) for _ in range(1024)]
         self._noise_mask = len(self._noise) - 1
         self._noise_i = 0
         # Per-input gain error, keyed by input number (1-based: tap k, or

@@ -1,0 +1,92 @@
+"""The scenario library, run headless on the virtual board (the unmodified
+firmware under MicroPython) exactly as `python -m tools.scenario run` does."""
+import json
+import os
+
+import pytest
+
+from tools import scenario
+
+LIBRARY = scenario.library()
+
+# The library the virtual-board issue asks for, by file name.
+REQUIRED = ("solar_day", "charger_fault_overcharge", "deep_discharge_night", "cold_morning_charge", "shorted_load",
+            "weak_cell", "afe_comm_loss", "thermistor_open", "watchdog_starvation")
+
+
+def _name(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def test_the_library_has_every_required_scenario():
+    names = {_name(p) for p in LIBRARY}
+    assert set(REQUIRED) <= names, sorted(set(REQUIRED) - names)
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=_name)
+def test_library_scenario_meets_its_expectations(path, tmp_path):
+    code, res = scenario.run_one(path, str(tmp_path), png=True, quiet=True)
+    assert res is not None, "the run produced no result (exit code %d)" % code
+    failed = [r for r in res["expectations"] if not r["passed"]]
+    assert code == 0 and res["passed"] and not failed, failed
+    with open(path) as f:
+        sc = json.load(f)
+    assert len(res["expectations"]) == len(sc["expect"]) > 0
+    assert res["sim_s"] >= scenario_duration(sc)
+    with open(tmp_path / "log.csv") as f:
+        header = f.readline().strip().split(",")
+        rows = f.readlines()
+    assert "true_soc_pct" in header and "cell1_mv" in header and len(rows) >= 5
+    with open(tmp_path / "plot.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def scenario_duration(sc):
+    return sc["duration_s"] if "duration_s" in sc else sc["duration_h"] * 3600
+
+
+def _write(tmp_path, sc):
+    path = tmp_path / "sc.json"
+    path.write_text(json.dumps(sc))
+    return str(path)
+
+
+def _charging(expect):
+    return {"name": "t", "board": "esp32_adc_4s", "duration_s": 120, "sample_s": 10,
+            "pack": {"soc_pct": 90}, "profile": [{"type": "constant", "amps": 20}], "expect": expect}
+
+
+def test_an_unmet_expectation_fails_the_run_and_says_what_was_seen(tmp_path):
+    path = _write(tmp_path, _charging([{"expect": "cell_max_below", "mv": 3300}, {"expect": "no_fault"}]))
+    code, res = scenario.run_one(path, str(tmp_path / "out"), png=False, quiet=True)
+    assert code == 1 and not res["passed"]
+    first, second = res["expectations"]
+    assert not first["passed"] and first["detail"].startswith("highest cell 3")
+    assert second["passed"]
+
+
+def test_runs_are_deterministic(tmp_path):
+    path = os.path.join(scenario.LIBRARY, "shorted_load.json")
+    logs = []
+    for k in range(2):
+        scenario.run_one(path, str(tmp_path / str(k)), png=False, quiet=True)
+        with open(tmp_path / str(k) / "log.csv") as f:
+            logs.append(f.read())
+    assert logs[0] == logs[1]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": "red"}, "scenario: unknown key colour"),
+    ({"duration_s": -5}, "scenario: the duration must be positive"),
+    ({"profile": [{"type": "wind"}]}, "profile[0]: type must be one of"),
+    ({"expect": [{"expect": "fet_off", "fet": "chg"}]}, "expect[0]: after is missing"),
+    ({"expect": [{"expect": "fet_off", "fet": "xyz", "after": {"at_s": 1}, "within_s": 1}]}, "expect[0]: fet must be one of"),
+    ({"actions": [{"at_s": 1}]}, "actions[0]: give one of sim, console"),
+], ids=["unknown-key", "negative-duration", "bad-source", "missing-condition", "bad-fet", "empty-action"])
+def test_a_bad_scenario_is_a_one_line_error(tmp_path, change, message, capsys):
+    sc = _charging([{"expect": "no_fault"}])
+    sc.update(change)
+    code, res = scenario.run_one(_write(tmp_path, sc), str(tmp_path / "out"), png=False, quiet=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and res is None
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
