@@ -11,7 +11,7 @@ from bms.console import Console
 from bms.reader import UartReader
 
 gc.collect()
-from bms.drivers.adc_direct import AdcDirect, Channel, Linear
+from bms.drivers.adc_direct import AdcDirect, Channel, Linear, Mux, PinBleeders, ShiftBleeders
 from bms.ntc import Ntc
 from bms import config
 
@@ -64,7 +64,25 @@ def adc_board():
     return AdcDirect(taps, (Channel(ConstAdc(1300000), 16, True), Linear(100, -125000)),
                      [(Channel(ConstAdc(1650000), 16, True), Ntc())],
                      (Channel(ConstAdc(1500000), 16, True), Ntc()), OutPin(), OutPin(), None,
-                     [OutPin() for _ in range(4)])
+                     PinBleeders([OutPin() for _ in range(4)]))
+
+
+class NullSpi:
+    def write(self, buf):
+        pass
+
+
+def mux_board():
+    """The 16S layout of esp32_mux_16s (differential inputs behind a mux,
+    pack divider, 74HC595 bleeders) on constant inputs."""
+    mux = Mux([OutPin() for _ in range(4)], 0)
+    adc = ConstAdc(1650000)
+    taps = [(Channel(adc, 8, True, mux=mux, addr=k), Linear(2.0)) for k in range(16)]
+    return AdcDirect(taps, (Channel(ConstAdc(1300000), 8, True), Linear(200, -250000)),
+                     [(Channel(ConstAdc(1650000), 8, True), Ntc()), (Channel(ConstAdc(1650000), 8, True), Ntc())],
+                     (Channel(ConstAdc(1500000), 8, True), Ntc()), OutPin(), OutPin(), None,
+                     ShiftBleeders(NullSpi(), OutPin(), OutPin(), 2), differential=True,
+                     pack=(Channel(ConstAdc(2112000), 8, True), Linear(25.0)))
 
 
 def main():

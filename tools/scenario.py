@@ -48,7 +48,9 @@ def run_one(path, out, png=True, heap=None, quiet=False, extra=()):
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.monotonic() - t0
     kept = []
-    ResetNoise(kept.append).feed(p.stdout)
+    noise = ResetNoise(kept.append)
+    noise.feed(p.stdout)
+    noise.flush()
     stdout = "".join(kept)
     if not quiet:
         sys.stdout.write(stdout)

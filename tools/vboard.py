@@ -92,9 +92,14 @@ class ResetNoise:
     def __init__(self, write):
         self.write = write
         self.block = []
+        self.partial = ""  # a line still waiting for its newline
 
     def feed(self, text):
-        for line in text.splitlines(True):
+        # Pipe reads end anywhere: judge whole lines only.
+        text = self.partial + text
+        cut = text.rfind("\n") + 1
+        self.partial = text[cut:]
+        for line in text[:cut].splitlines(True):
             if self.block or line.startswith("Traceback (most recent call last):"):
                 self.block.append(line)
                 if not line.startswith((" ", "Traceback")):
@@ -103,6 +108,14 @@ class ResetNoise:
                     self.block = []
                 continue
             self.write(line)
+
+    def flush(self):
+        """The end of the stream: what is left is not a reset's traceback."""
+        rest = "".join(self.block) + self.partial
+        self.block = []
+        self.partial = ""
+        if rest:
+            self.write(rest)
 
 
 class VirtualBoard:
@@ -114,6 +127,7 @@ class VirtualBoard:
         self.stopping = False
         self.log_path = None
         self.log = None
+        self.tmp_fs = None  # removed on exit: nothing was asked to be kept
 
     # ---- set-up ---------------------------------------------------------
 
@@ -124,6 +138,13 @@ class VirtualBoard:
         self.board = board_file(a.board) if a.board else None
         if self.board is None and not a.scenario:
             self.board = board_file("esp32_mux_16s")
+        if self.board and a.cells:
+            import json
+
+            with open(self.board) as f:
+                most = len(json.load(f)["cell_taps"])
+            if a.cells > most:
+                raise VboardError("--cells %d: board %s measures 1..%d cells" % (a.cells, a.board, most))
         parent = os.path.dirname(self.link)
         if not os.path.isdir(parent):
             raise VboardError("no folder %s for --link" % parent)
@@ -158,7 +179,11 @@ class VirtualBoard:
                          ("--seed", a.seed)):
             if val is not None:
                 cmd += [opt, os.path.abspath(val) if opt == "--scenario" else str(val)]
-        fs = os.path.abspath(a.fs) if a.fs else tempfile.mkdtemp(prefix="openbms-vboard-")
+        if a.fs:
+            fs = os.path.abspath(a.fs)
+            os.makedirs(fs, exist_ok=True)
+        else:
+            fs = self.tmp_fs = tempfile.mkdtemp(prefix="openbms-vboard-")
         cmd += ["--fs", fs]
         if a.paused:
             cmd.append("--paused")
@@ -237,6 +262,15 @@ class VirtualBoard:
                 return code
             time.sleep(0.1)
 
+    def show_log(self):
+        # The board stopped while the monitor had the terminal: say why.
+        if self.log:
+            self.log.flush()
+            with open(self.log_path) as f:
+                tail = f.read().splitlines()[-5:]
+            for line in tail:
+                print("vboard: %s" % line, file=sys.stderr)
+
     def stop(self):
         self.stopping = True
         if self.proc is not None and self.proc.poll() is None:
@@ -256,6 +290,10 @@ class VirtualBoard:
                     pass
         if self.log:
             self.log.close()
+        if self.tmp_fs:
+            import shutil
+
+            shutil.rmtree(self.tmp_fs, ignore_errors=True)
 
 
 def _monitor(link):
@@ -287,6 +325,7 @@ def main(argv=None):
                 code = _monitor(vb.link)
             if vb.proc.poll() not in (None, 0):
                 code = 1
+                vb.show_log()
         else:
             code = vb.wait()
             if code != 0:

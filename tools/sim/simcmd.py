@@ -98,7 +98,7 @@ class SimCommands:
             if not 0 <= mv <= 6000:
                 raise SimCommandError("cell voltage must be 0..6000 mV")
             w.set_cell(n, mv)
-            return ["sim: cell %d open-circuit voltage pinned at %d mV" % (n, int(mv))]
+            return ["sim: cell %d open-circuit voltage pinned at %g mV" % (n, mv)]
         if cmd == "current":
             if len(args) != 1:
                 raise SimCommandError("usage: sim current MA | sim current profile")

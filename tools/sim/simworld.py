@@ -248,6 +248,7 @@ class SimWorld:
         self.analog_mv = {}
         self.faults = {}  # active fault name -> its argument (cell/sensor number)
         self._frozen = {}  # input number -> mV held by stuck_cell
+        self._flips = 0  # bit errors injected by afe_crc so far
 
         # --- GPIO state, per pin number (shared by every Pin object) ---
         self.pin_out = {}  # levels the MCU actually drives: {pin: 0/1}
@@ -377,6 +378,12 @@ class SimWorld:
         Allocation-free (it runs inside simulated hard IRQs)."""
         self._stale = True
 
+    def _set(self):
+        # A setter from outside (a test, a sim command): recompute now, so
+        # the comparator line follows at once, not at the next ADC read.
+        self._stale = True
+        self._refresh()
+
     def n_cells(self):
         return self.pack.n
 
@@ -385,32 +392,32 @@ class SimWorld:
         if not 1 <= n <= self.pack.n:
             raise ValueError("cell number out of range (1..%d)" % self.pack.n)
         self.pack.pin(n - 1, float(mv))
-        self.changed()
+        self._set()
 
     def free_cell(self, n):
         if not 1 <= n <= self.pack.n:
             raise ValueError("cell number out of range (1..%d)" % self.pack.n)
         self.pack.unpin(n - 1)
-        self.changed()
+        self._set()
 
     def set_current(self, ma):
         """An ideal current source in place of the sources (mA, + = charging);
         None hands the current back to the sources."""
         self.manual_ma = None if ma is None else int(ma)
-        self.changed()
+        self._set()
 
     def set_temp(self, i, c):
         """Pin NTC i's (0-based index into board["ntc"]) temperature; None frees it."""
         self.temp_pin[i] = None if c is None else float(c)
-        self.changed()
+        self._set()
 
     def set_board_temp(self, c):
         self.board_temp_pinned = None if c is None else float(c)
-        self.changed()
+        self._set()
 
     def set_ambient(self, c):
         self.pack.ambient_c = float(c)
-        self.changed()
+        self._set()
 
     def sensor_temp_c(self, i):
         """The temperature NTC i sees: pinned, else the pack's."""
@@ -455,7 +462,7 @@ class SimWorld:
                     mask |= 1 << k
         elif self.shift595 is not None and self.shift595.enabled():
             mask = self.shift595.latched
-        return mask
+        return mask & ((1 << self.pack.n) - 1)  # outputs beyond the pack bridge no cell
 
     def cell_true_mv(self, k):
         """Terminal voltage of cell k (0-based) now, as a voltmeter would read it."""
@@ -587,6 +594,8 @@ class SimWorld:
                 raise ValueError("stuck_cell: cell number out of range (1..%d)" % self.pack.n)
         if on:
             if name in self.faults:
+                if arg is not None and self.faults[name] not in (None, arg):
+                    raise ValueError("%s is already on for %d; turn it off first" % (name, self.faults[name]))
                 return
             self.faults[name] = arg
         else:
@@ -594,7 +603,7 @@ class SimWorld:
                 return
             arg = self.faults.pop(name)
         self._apply_fault(name, on, arg)
-        self.changed()
+        self._set()
 
     def _apply_fault(self, name, on, arg):
         if name == "ntc_open":
@@ -836,6 +845,8 @@ class SimWorld:
                 if self.faults and not self._front_end_access_bus(dev):
                     continue  # a front-end that does not answer leaves MISO to the pull-up
                 got = dev.spi_transfer(bytes(tx))
+                if "afe_crc" in self.faults and getattr(dev, "afe", False) and got:
+                    got = self._corrupt(got)
                 if dev.cs is not None and rx is None:
                     rx = got
         return rx if rx is not None else b"\xff" * len(tx)
@@ -877,11 +888,12 @@ class SimWorld:
         return data
 
     def _corrupt(self, data):
-        # One flipped bit per transfer, in a byte picked by the noise index.
+        # One flipped bit per transfer, at a position that walks through the
+        # bytes and bits (deterministic, so runs repeat exactly).
         b = bytearray(data)
-        self._noise_i = (self._noise_i + 1) & self._noise_mask
-        k = self._noise_i % len(b)
-        b[k] ^= 1 << (self._noise_i % 8)
+        self._flips += 1
+        n = self._flips * 7
+        b[n % len(b)] ^= 1 << (n // len(b) % 8)
         return bytes(b)
 
     def i2c_scan(self, bus):
@@ -1046,14 +1058,18 @@ class SimWorld:
         """
         self._idle(False)
 
-    def _idle(self, ignore_rx):
+    def _idle(self, hung):
+        # hung: called from a front-end access that does not return; console
+        # bytes cannot wake it, and it returns as soon as the hang is lifted.
         for hook in self.idle_hooks:
             hook()
         self._check_alive()
+        if hung and "firmware_hang" not in self.faults:
+            return
         if self.pace == "step" and not self.paused:
             self.advance(1)
             return
-        if self.uart_rx and not ignore_rx:
+        if self.uart_rx and not hung:
             return  # the UART interrupt wakes the MCU at once
         nxt = self.next_event_ms()
         target = self.now_ms + _MAX_STEP_MS if nxt is None else max(nxt, self.now_ms + 1)
