@@ -20,6 +20,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # tools.scenario, when run as a script
 MICROPYPATH = ":".join(os.path.join(ROOT, p) for p in ("firmware/lib", "host_tests/logic", "tools")) + ":.frozen"
 
 
@@ -88,25 +89,11 @@ SIM = os.path.join(ROOT, "tools", "sim")
 SOLAR_DAY = os.path.join(ROOT, "scenarios", "solar_day.json")
 
 
-def _scenario_run(scenario, out, heap_kib=None, path=None, main=None):
-    """tools/sim/run.py --headless on one scenario: its result.json, or None."""
-    cmd = [micropython()]
-    if heap_kib:
-        cmd += ["-X", "heapsize=%dk" % heap_kib]
-    if path:  # compiled modules: run.mpy is on MICROPYPATH
-        cmd += ["-m", "run"]
-        env = dict(os.environ, MICROPYPATH=path + ":.frozen")
-    else:
-        cmd += [os.path.join(SIM, "run.py")]
-        env = dict(os.environ, MICROPYPATH=":".join((os.path.join(ROOT, "firmware", "lib"), SIM, ".frozen")))
-    cmd += ["--scenario", scenario, "--headless", "--out", out, "--fs", os.path.join(out, "fs"),
-            "--main", main or os.path.join(ROOT, "firmware", "main.py")]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
-    try:
-        with open(os.path.join(out, "result.json")) as f:
-            return json.load(f) if r.returncode in (0, 1) else None
-    except OSError:
-        return None
+def _scenario_run(scenario, out, heap_kib=None, compiled=None):
+    """One headless scenario run: its result, or None if it did not complete."""
+    from tools.scenario import run_one
+
+    return run_one(scenario, out, png=False, heap_kib=heap_kib, quiet=True, compiled=compiled)[1]
 
 
 def vboard_speed(board, tmp):
@@ -144,13 +131,12 @@ def vboard_figures():
         mpy = os.path.join(tmp, "mpy")
         os.makedirs(mpy)
         compile_all(mpy)
-        main_mpy = os.path.join(mpy, "main.mpy")
         # A run that completes (no MemoryError) fits; its expectations are
         # reported beside it.
-        res = _scenario_run(SOLAR_DAY, os.path.join(tmp, "day64"), 64, mpy, main_mpy)
+        res = _scenario_run(SOLAR_DAY, os.path.join(tmp, "day64"), 64, mpy)
         out["solar_day_64k_ok"] = res is not None
         for kib in (64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024):
-            r = res if kib == 64 else _scenario_run(SOLAR_DAY, os.path.join(tmp, "day%d" % kib), kib, mpy, main_mpy)
+            r = res if kib == 64 else _scenario_run(SOLAR_DAY, os.path.join(tmp, "day%d" % kib), kib, mpy)
             if r is not None:
                 out["solar_day_min_heap_kib"] = kib
                 out["solar_day_passed_at_min_heap"] = r["passed"]

@@ -24,7 +24,7 @@ from tools.vboard import ResetNoise
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = os.path.join(ROOT, "scenarios")
-MICROPYPATH = ":".join(os.path.join(ROOT, p) for p in ("firmware/lib", "tools/sim")) + ":" + os.path.join(ROOT, ".frozen")
+from tools.vboard import MICROPYPATH  # noqa: E402  (firmware/lib, tools/sim, .frozen)
 
 
 def micropython():
@@ -34,18 +34,32 @@ def micropython():
     return exe
 
 
-def run_one(path, out, png=True, heap=None, quiet=False, extra=()):
-    """Run one scenario; returns (exit code, result dict or None)."""
+def run_one(path, out, png=True, heap_kib=None, quiet=False, compiled=None, timeout=1800):
+    """Run one scenario; returns (exit code, result dict or None).
+
+    heap_kib: MicroPython's heap; compiled: a folder with the firmware and
+    the simulator as .mpy (run.mpy, main.mpy, bms/...) to run instead of
+    the sources. A run that outlives timeout seconds is killed (exit 3)."""
     os.makedirs(out, exist_ok=True)
     cmd = [micropython()]
-    if heap:
-        cmd += ["-X", "heapsize=%s" % heap]
-    cmd += [os.path.join(ROOT, "tools", "sim", "run.py"), "--scenario", os.path.abspath(path), "--headless",
-            "--out", os.path.abspath(out), "--fs", os.path.abspath(os.path.join(out, "fs")),
-            "--main", os.path.join(ROOT, "firmware", "main.py")] + list(extra)
-    env = dict(os.environ, MICROPYPATH=MICROPYPATH)
+    if heap_kib:
+        cmd += ["-X", "heapsize=%dk" % heap_kib]
+    if compiled:
+        cmd += ["-m", "run"]
+        env = dict(os.environ, MICROPYPATH=compiled + ":" + os.path.join(ROOT, ".frozen"))
+        main = os.path.join(compiled, "main.mpy")
+    else:
+        cmd += [os.path.join(ROOT, "tools", "sim", "run.py")]
+        env = dict(os.environ, MICROPYPATH=MICROPYPATH)
+        main = os.path.join(ROOT, "firmware", "main.py")
+    cmd += ["--scenario", os.path.abspath(path), "--headless", "--out", os.path.abspath(out),
+            "--fs", os.path.abspath(os.path.join(out, "fs")), "--main", main]
     t0 = time.monotonic()
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    try:
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print("error: scenario %s still running after %d s: stopped" % (path, timeout), file=sys.stderr)
+        return 3, None
     wall = time.monotonic() - t0
     kept = []
     noise = ResetNoise(kept.append)
@@ -85,7 +99,7 @@ def main(argv=None):
     r.add_argument("file")
     r.add_argument("--out", help="output folder (default build/scenarios/NAME)")
     r.add_argument("--no-png", action="store_true")
-    r.add_argument("--heap", help="MicroPython heap size, e.g. 256k")
+    r.add_argument("--heap", type=int, metavar="KIB", help="MicroPython heap size in KiB")
     a = sub.add_parser("run-all", help="run every scenario of the library")
     a.add_argument("--out", default=os.path.join(ROOT, "build", "scenarios"))
     a.add_argument("--no-png", action="store_true")

@@ -20,6 +20,7 @@ everything else reaches the firmware.
 """
 import argparse
 import fcntl
+import json
 import os
 import select
 import signal
@@ -37,6 +38,20 @@ MICROPYPATH = ":".join(os.path.join(ROOT, p) for p in ("firmware/lib", "tools/si
 
 class VboardError(Exception):
     pass
+
+
+def load_scenario(path):
+    """The scenario, checked by the same code the board runs (it runs under
+    CPython too), so a bad file is refused before anything starts."""
+    sim = os.path.join(ROOT, "tools", "sim")
+    if sim not in sys.path:
+        sys.path.insert(0, sim)
+    import scenario
+
+    try:
+        return scenario.load(path)
+    except scenario.ScenarioError as e:
+        raise VboardError(str(e))
 
 
 def board_file(name):
@@ -132,19 +147,25 @@ class VirtualBoard:
     # ---- set-up ---------------------------------------------------------
 
     def check(self):
+        """Everything that can be refused before anything starts."""
         a = self.args
-        if a.scenario and not os.path.exists(a.scenario):
-            raise VboardError("no scenario file %s" % a.scenario)
-        self.board = board_file(a.board) if a.board else None
-        if self.board is None and not a.scenario:
-            self.board = board_file("esp32_mux_16s")
-        if self.board and a.cells:
-            import json
-
+        name = a.board
+        if a.scenario:
+            sc = load_scenario(a.scenario)
+            name = name or sc["board"]
+        self.board = board_file(name or "esp32_mux_16s")
+        try:
             with open(self.board) as f:
                 most = len(json.load(f)["cell_taps"])
-            if a.cells > most:
-                raise VboardError("--cells %d: board %s measures 1..%d cells" % (a.cells, a.board, most))
+        except (ValueError, KeyError, TypeError) as e:
+            raise VboardError("board file %s is not usable: %s" % (self.board, e))
+        if a.cells and a.cells > most:
+            raise VboardError("--cells %d: board %s measures 1..%d cells" % (
+                a.cells, os.path.basename(self.board)[:-5], most))
+        if a.fs and os.path.exists(a.fs) and not os.path.isdir(a.fs):
+            raise VboardError("--fs %s is a file, not a folder" % a.fs)
+        if a.log and not os.path.isdir(os.path.dirname(os.path.abspath(a.log))):
+            raise VboardError("no folder for --log %s" % a.log)
         parent = os.path.dirname(self.link)
         if not os.path.isdir(parent):
             raise VboardError("no folder %s for --link" % parent)
@@ -173,7 +194,7 @@ class VirtualBoard:
         a = self.args
         cmd = [self.exe, os.path.join(ROOT, "tools", "sim", "run.py"), "--main", os.path.join(ROOT, "firmware", "main.py"),
                "--uart-in", str(in_r), "--uart-out", str(out_w), "--speed", a.speed]
-        if self.board:
+        if a.board:
             cmd += ["--board", self.board]
         for opt, val in (("--chemistry", a.chemistry), ("--cells", a.cells), ("--scenario", a.scenario),
                          ("--seed", a.seed)):
@@ -248,7 +269,7 @@ class VirtualBoard:
 
     def describe(self):
         a = self.args
-        what = os.path.basename(self.board)[:-5] if self.board else "the scenario's board"
+        what = os.path.basename(self.board)[:-5]
         return "vboard: %s%s%s at %s, console on %s (%s); Ctrl-C stops" % (
             what, " %dS" % a.cells if a.cells else "", " " + a.chemistry.upper() if a.chemistry else "",
             "full speed" if a.speed == "max" else "%sx" % a.speed, self.link, os.ttyname(self.slave))

@@ -178,7 +178,7 @@ def test_port_busy_after_timeout(board, capsys):
         os.close(holder)
     assert code == bmsctl.EXIT_BUSY
     assert "busy" in err
-    assert 0.3 <= elapsed < 1.0  # retried until the timeout, then gave up
+    assert 0.3 <= elapsed < 3.0  # retried until the timeout, then gave up (not hung)
     assert board.received == []  # nothing was sent while someone else held the port
 
 
@@ -195,7 +195,7 @@ def test_no_reply(capsys):
     try:
         t0 = time.monotonic()
         code, out, err = run(capsys, silent.path, "status", timeout="0.3")
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 3.0  # gave up after the timeout, did not hang
     finally:
         silent.close()
     assert (code, out) == (bmsctl.EXIT_NO_REPLY, "")
@@ -369,7 +369,7 @@ def test_log_writes_header_and_rows(board, capsys, tmp_path):
     path = tmp_path / "log.csv"
     t0 = time.monotonic()
     code, _, err = run(capsys, board.path, "log", "--csv", str(path), "--interval", "0.05", "--count", "3")
-    assert time.monotonic() - t0 < 1.5
+    assert time.monotonic() - t0 < 5.0
     assert code == 0 and "3 rows written" in err
     with open(path, newline="") as f:
         rows = list(csv.reader(f))

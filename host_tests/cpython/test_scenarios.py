@@ -82,7 +82,17 @@ def test_runs_are_deterministic(tmp_path):
     ({"expect": [{"expect": "fet_off", "fet": "chg"}]}, "expect[0]: after is missing"),
     ({"expect": [{"expect": "fet_off", "fet": "xyz", "after": {"at_s": 1}, "within_s": 1}]}, "expect[0]: fet must be one of"),
     ({"actions": [{"at_s": 1}]}, "actions[0]: give one of sim, console"),
-], ids=["unknown-key", "negative-duration", "bad-source", "missing-condition", "bad-fet", "empty-action"])
+    ({"actions": [{"at_s": 1, "sim": "explode now"}]}, "actions[0]: unknown sim command explode"),
+    ({"sample_s": 0}, "scenario: sample_s must be a number from 0.1"),
+    ({"pack": {"soc_pct": 500}}, "pack: soc_pct must be a number from 0 to 100"),
+    ({"profile": [{"type": "constant", "amps": "x"}]}, "profile[0]: amps must be a number"),
+    ({"expect": [{"expect": "fet_off", "fet": "chg", "after": {"cell": 9, "above_mv": 3650}, "within_s": 1}]},
+     "expect[0]: cell 9, but the pack has 4 cells"),
+    ({"expect": [{"expect": "fet_state", "at_s": 5}]}, "expect[0]: fet_state needs chg and/or dsg"),
+    ({"expect": [{"expect": "resets"}]}, "expect[0]: resets needs min and/or max"),
+], ids=["unknown-key", "negative-duration", "bad-source", "missing-condition", "bad-fet", "empty-action",
+        "unknown-sim-command", "zero-sample", "soc-out-of-range", "amps-not-a-number", "cell-beyond-pack",
+        "fet-state-without-fet", "resets-without-bounds"])
 def test_a_bad_scenario_is_a_one_line_error(tmp_path, change, message, capsys):
     sc = _charging([{"expect": "no_fault"}])
     sc.update(change)
@@ -90,3 +100,16 @@ def test_a_bad_scenario_is_a_one_line_error(tmp_path, change, message, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and res is None
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_a_refused_action_fails_the_run(tmp_path):
+    # The board has one thermistor: an action asking for the seventh is
+    # refused by the simulator, and the run cannot pass, whatever else held.
+    sc = _charging([{"expect": "cell_max_below", "mv": 4000}])
+    sc["actions"] = [{"at_s": 5, "sim": "fault ntc_open on 7"}]
+    code, res = scenario.run_one(_write(tmp_path, sc), str(tmp_path / "out"), png=False, quiet=True)
+    assert code == 1 and not res["passed"]
+    first = res["expectations"][0]
+    assert first["expect"] == "every action runs" and not first["passed"]
+    assert "thermistor number out of range" in first["detail"], first
+    assert res["expectations"][1]["passed"]

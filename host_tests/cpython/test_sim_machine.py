@@ -552,7 +552,8 @@ def test_run_py_virtual_board(tmp_path):
         pytest.skip("no micropython binary")
     (tmp_path / "main.py").write_text(STAND_IN_MAIN)
     proc = _Proc(
-        [mpy, "tools/sim/run.py", "--main", str(tmp_path / "main.py"), "--cells-mv", "3300,3310,3290,3305"],
+        [mpy, "tools/sim/run.py", "--board", BOARD_PATH, "--main", str(tmp_path / "main.py"),
+         "--cells-mv", "3300,3310,3290,3305", "--fs", str(tmp_path / "fs")],
         cwd=ROOT,
         env=dict(os.environ, MICROPYPATH=MPY_ENV),
     )
@@ -570,6 +571,9 @@ def test_run_py_virtual_board(tmp_path):
         proc.wait_for("error: cell number out of range")
         proc.send("sim frobnicate")
         proc.wait_for("error: bad sim command")
+        proc.p.stdin.write(b"sim cell 1 \xff\n")  # one error line, the board runs on
+        proc.p.stdin.flush()
+        proc.wait_for("error: sim commands are plain ASCII")
         proc.send("sim help")
         proc.wait_for("sim alert on|off")
         proc.send("sim current 1000")

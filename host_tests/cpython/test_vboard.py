@@ -630,16 +630,19 @@ def test_speed_max_runs_faster_than_real_time(start_board):
 
 
 def test_speed_1_follows_the_wall_clock(start_board):
+    # Virtual time between two readings matches the wall time between them
+    # (start-up, which a loaded machine delays, is left out).
     link, _proc = start_board("--speed", "1", paused=False)
-    t0 = time.monotonic()  # the firmware starts a little after the link appears
     with Console(link) as c:
-        time.sleep(max(0.0, 2.5 - (time.monotonic() - t0)))
+        v0 = c.sim()["t_s"]
+        w0 = time.monotonic()
+        time.sleep(2.0)
+        v1 = c.sim()["t_s"]
+        wall = time.monotonic() - w0
         s = c.status()
-        hw = c.sim()
-        wall = time.monotonic() - t0
     assert s["state"] == "normal"
-    assert abs(hw["t_s"] - wall) <= 1.0, "virtual %.2f s after %.2f s of wall time" % (hw["t_s"], wall)
-    assert wall - 1.0 - 1.0 <= s["uptime_s"] <= wall + 0.5  # uptime_s counts whole seconds
+    assert abs((v1 - v0) - wall) <= 0.5, "virtual %.2f s in %.2f s of wall time" % (v1 - v0, wall)
+    assert s["uptime_s"] >= v1 - 1.5  # the firmware's own clock is the virtual one
 
 
 # ---- 7. the `make sim` path: monitor in a real terminal ---------------------------------------
@@ -669,6 +672,13 @@ class PtyProcess:
                     self.out += os.read(self.fd, 65536)
                 except OSError:  # EIO: the terminal's last process is gone
                     break
+
+    def pump_until(self, done, seconds=20):
+        """Read the screen until done(text) holds (or the time is up): a
+        loaded CI machine draws the first frames late."""
+        end = time.monotonic() + seconds
+        while not done(self.text()) and time.monotonic() < end and self.poll() is None:
+            self.pump(0.1)
 
     def poll(self):
         if self.code is None:
@@ -738,7 +748,7 @@ def test_make_sim_monitor_in_a_terminal(tmp_path):
         s = json.loads(r.stdout)
         assert len(s["cells_mv"]) == N_CELLS
 
-        p.pump(2.5)
+        p.pump_until(lambda text: sorted(_screen_cells(text)) == list(range(1, N_CELLS + 1)))
         assert p.poll() is None, "vboard ended: %r" % p.text()[-2000:]
         cells = _screen_cells(p.text())
         assert sorted(cells) == list(range(1, N_CELLS + 1)), p.text()[-3000:]
@@ -789,7 +799,7 @@ def test_make_sim_with_a_fresh_fs_folder(tmp_path):
     p = PtyProcess(_vboard_cmd(link, "--board", "esp32_mux_16s", "--scenario", "scenarios/solar_day.json",
                                "--speed", "60", "--fs", str(fs), "--monitor"), env)
     try:
-        p.pump(3)
+        p.pump_until(lambda text: sorted(_screen_cells(text)) == list(range(1, N_CELLS + 1)))
         assert p.poll() is None, "vboard ended with %r: %r" % (p.code, p.text()[-1500:])
         assert sorted(_screen_cells(p.text())) == list(range(1, N_CELLS + 1)), p.text()[-3000:]
         os.write(p.fd, b"\x03")

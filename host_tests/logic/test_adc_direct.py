@@ -124,7 +124,9 @@ class _MuxAdc:
         self.inputs = inputs_uv
 
     def read_uv(self):
-        addr = sum(p.v << i for i, p in enumerate(self.pins))
+        addr = 0  # a loop, not sum(): this runs in heap-locked ticks
+        for i in range(len(self.pins)):
+            addr |= self.pins[i].v << i
         return self.inputs[addr]
 
 
@@ -179,25 +181,87 @@ def test_shift_register_bleeders_clear_before_enabling_outputs():
     oe = _LogPin(log, "oe", 1)
     sr = ShiftBleeders(_Spi(log), _LogPin(log, "latch"), oe, 2)
     assert sr.n == 16
-    # cleared and latched while /OE is still high, then enabled
-    assert log == [("latch", 0), ("spi", b"\x00\x00"), ("latch", 1), ("latch", 0), ("oe", 0)]
+    # cleared and latched with /OE held high: the power-up bits never drive
+    assert log == [("latch", 0), ("oe", 1), ("spi", b"\x00\x00"), ("latch", 1), ("latch", 0)]
     del log[:]
     sr.set(0b1000000000000101)  # cells 1, 3 and 16
-    # cells 9-16 shift out first (they end in the far chip), MSB first
-    assert log == [("spi", b"\x80\x05"), ("latch", 1), ("latch", 0)]
+    # cells 9-16 shift out first (they end in the far chip), MSB first;
+    # the outputs are enabled only once the latch holds the new bits
+    assert log == [("spi", b"\x80\x05"), ("latch", 1), ("latch", 0), ("oe", 0)]
+
+
+class _DeadSpi:
+    def write(self, buf):
+        raise OSError(5)
+
+
+def test_shift_register_bleeders_all_off_without_the_bus():
+    # "Nothing bleeds" is /OE high, set before the SPI write is tried: a
+    # dead bus cannot leave a bleeder on.
+    from bms.drivers.adc_direct import ShiftBleeders
+
+    oe = _Pin(1)
+    sr = ShiftBleeders(_Spi([]), _Pin(), oe, 2)
+    sr.set(0x0003)
+    assert oe.v == 0
+    sr.spi = _DeadSpi()
+    try:
+        sr.set(0)
+    except OSError:
+        pass
+    assert oe.v == 1
+
+
+class _QuietSpi:
+    def write(self, buf):
+        pass
 
 
 def test_shift_register_bleeders_do_not_allocate():
     import micropython
     from bms.drivers.adc_direct import ShiftBleeders
 
-    class Quiet:
-        def write(self, buf):
-            pass
-
-    sr = ShiftBleeders(Quiet(), _Pin(), None, 2)
+    sr = ShiftBleeders(_QuietSpi(), _Pin(), None, 2)
     micropython.heap_lock()
     try:
         sr.set(0x8001)
     finally:
         micropython.heap_unlock()
+
+
+
+
+def test_mux_board_tick_runs_with_the_heap_locked():
+    # The esp32_mux_16s layout: 16 differential inputs behind a mux, pack
+    # divider, shift-register bleeders. The whole tick, driver included,
+    # runs with the heap locked (any allocation raises under MicroPython).
+    import micropython
+    from bms.drivers.adc_direct import AdcDirect, Mux, ShiftBleeders
+    from bms.ntc import Ntc
+    from helpers import FakeClock, saved_config, tmpdir
+    from bms.app import Bms
+
+    pins = [_Pin() for _ in range(4)]
+    mux = Mux(pins, 0)
+    adc = _MuxAdc(pins, [(3390 + 2 * k) * 500 for k in range(16)])  # a spread above bal_start
+    taps = [(Channel(adc, 8, True, mux=mux, addr=k), Linear(2.0)) for k in range(16)]
+    total = sum(3390 + 2 * k for k in range(16))
+    ntc = (Channel(_Adc([1250000]), 8, True), Ntc(10000, 3950, 10000, 2500, 25, None))
+    afe = AdcDirect(taps, (Channel(_Adc([1260000]), 8, True), Linear(200, -250000)), [ntc, ntc], ntc,
+                    _Pin(), _Pin(), None, ShiftBleeders(_QuietSpi(), _Pin(), _Pin(1), 2), True, None, True, 220000,
+                    True, (Channel(_Adc([total * 1000 // 30]), 8, True), Linear(30.0)), 72000)
+    clock = FakeClock()
+    bms = Bms(afe, saved_config(tmpdir(), cells=16, bal_delta_mv=10), "test", clock=clock)
+    for _ in range(20):
+        clock.now += 100
+        bms.tick()
+    assert bms.valid and bms.tick_errors == 0 and afe.chg_pin.v == 1
+    assert bms.bal.mask  # charging at +2 A above bal_start: the top cells bleed
+    micropython.heap_lock()
+    try:
+        for _ in range(20):
+            clock.now += 100
+            bms.tick()
+    finally:
+        micropython.heap_unlock()
+    assert bms.valid and bms.tick_errors == 0, bms.last_error

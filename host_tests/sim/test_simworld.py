@@ -5,7 +5,7 @@
 # Hand values from boards/esp32_mux_16s.json and the circuit in simworld.py:
 # - cells: one difference amplifier per cell, gain 1/2 ("scale": 2.0), into a
 #   16:1 mux on GPIO32, select lines GPIO18/19/21/22 (bit 0 first);
-# - pack divider 1:25 on GPIO33; shunt amplifier on GPIO36: 1250 mV at 0 A,
+# - pack divider 1:30 on GPIO33; shunt amplifier on GPIO36: 1250 mV at 0 A,
 #   200 mA per mV;
 # - NTCs on GPIO39/34 (board NTC GPIO35): Beta 3950, r0 = pull-up = 10 k, fed
 #   from 2500 mV, so 1250 mV at 25 C;
@@ -120,9 +120,9 @@ def test_mux_select_lines_pick_the_cell_amplifier():
         # changing one select line moves by that bit: 8 -> 9 (GPIO18 high)
         machine.Pin(18).value(1)
         assert mux.read_uv() == 1600000  # cell 10: 3200 / 2
-        # pack divider: sum(3000 + 20 n, n = 1..16) = 48000 + 2720 = 50720 mV, / 25
-        assert adc(33).read_uv() == 2029000  # 2028.8 mV rounds to 2029
-        assert close(w.pin_mv(33), 2028.8, 1e-6)
+        # pack divider: sum(3000 + 20 n, n = 1..16) = 48000 + 2720 = 50720 mV, / 30
+        assert adc(33).read_uv() == 1691000  # 1690.67 mV rounds to 1691
+        assert close(w.pin_mv(33), 1690.667, 1e-3)
         # an ADC pin wired to nothing reads 0 V
         assert adc(25).read_uv() == 0
     finally:
@@ -168,8 +168,8 @@ def test_smaller_pack_leaves_upper_amplifiers_at_0v():
             select(w, addr)
             want = (1600 + 5 * (addr + 1)) * 1000 if addr < 8 else 0  # 9..16 shorted
             assert mux.read_uv() == want, addr
-        # pack divider: (8 * 3200 + 10 * 36) / 25 = 25960 / 25 = 1038.4 mV
-        assert adc(33).read_uv() == 1038000
+        # pack divider: (8 * 3200 + 10 * 36) / 30 = 25960 / 30 = 865.33 mV
+        assert adc(33).read_uv() == 865000
     finally:
         machine.attach(None)
 

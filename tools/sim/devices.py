@@ -52,11 +52,3 @@ class Hc595Chain:
 
     def enabled(self):
         return self.oe_pin is None or self.world.read_pin(self.oe_pin) == 0
-
-    def output(self, n):
-        """Level of output n (0 = QA of the chip nearest the MCU ... bits-1)."""
-        if not self.enabled():
-            return 0
-        # Bits shifted in first travel furthest: the LAST byte sent sits in
-        # the first chip, its LSB on QA.
-        return (self.latched >> n) & 1

@@ -4,7 +4,7 @@ pacing, monitor) and `python -m tools.scenario` (headless runs) start it;
 it can also run by hand from a terminal:
 
     MICROPYPATH=firmware/lib:tools/sim:.frozen micropython tools/sim/run.py \\
-        [--board boards/esp32_adc_4s.json] [--chemistry lfp|nmc] [--cells N]
+        [--board boards/esp32_mux_16s.json] [--chemistry lfp|nmc] [--cells N]
         [--config FILE | --fs DIR] [--speed X|max] [--paused] [--scenario FILE]
         [--headless --out DIR] [--uart-in FD --uart-out FD] [--cells-mv MV,...]
         [--main firmware/main.py]
@@ -126,11 +126,11 @@ class Terminal:
                 return
         if self.sim_line is not None:
             if eol:
-                line = bytes(self.sim_line).decode()
+                raw = bytes(self.sim_line)
                 self.sim_line = None
                 self.at_start = True
                 self.skip_lf = c == 13
-                self.command(line)
+                self.command(raw)
             elif len(self.sim_line) < 200:
                 self.sim_line.append(c)
             return
@@ -141,7 +141,7 @@ class Terminal:
                 self.hold = bytearray()
                 if eol:
                     self.skip_lf = c == 13
-                    self.command("sim")
+                    self.command(b"sim")
                 else:
                     self.sim_line = bytearray(b"sim ")
                 return
@@ -154,12 +154,12 @@ class Terminal:
         self.world.uart_feed(bytes((c,)))
         self.at_start = eol
 
-    def command(self, line):
-        try:
-            text = line.strip()
-        except UnicodeError:
-            text = ""
-        for reply in self.cmds.run(text):
+    def command(self, raw):
+        for b in raw:
+            if b < 32 or b > 126:
+                self.say("error: sim commands are plain ASCII")
+                return
+        for reply in self.cmds.run(raw.decode().strip()):
             self.say(reply)
 
     def say(self, line):
@@ -193,8 +193,8 @@ def _load_entry(path):
 
 
 def _board_path(name):
-    if name is None:
-        return "boards/esp32_adc_4s.json"
+    if name is None:  # the same default as tools/vboard.py
+        return "boards/esp32_mux_16s.json"
     if name.endswith(".json") or "/" in name:
         return name
     return "boards/%s.json" % name
@@ -247,6 +247,8 @@ def setup(opts):
         board = simworld.load_board(bpath)
     except OSError:
         fail("no board file %s" % bpath)
+    except ValueError as e:
+        fail("board file %s is not valid JSON: %s" % (bpath, e))
     chem = opts["chemistry"] or (sc.get("chemistry", "lfp") if sc else "lfp")
     if chem not in ("lfp", "nmc"):
         fail("--chemistry must be lfp or nmc")
@@ -263,13 +265,16 @@ def setup(opts):
         sc = dict(sc)
         sc["chemistry"] = chem
         sc["cells"] = cells
+        if opts["seed"] is not None:  # another draw of the sensor errors
+            sc["sensors"] = dict(sc.get("sensors", {}))
+            sc["sensors"]["seed"] = _int_opt(opts, "seed")
         try:
             world = scmod.build(sc, board)
         except (scmod.ScenarioError, ValueError) as e:
             fail(str(e))
     else:
         sensors = dict(scmod.DEFAULT_SENSORS)
-        if opts["seed"]:
+        if opts["seed"] is not None:
             sensors["seed"] = _int_opt(opts, "seed")
         world = simworld.SimWorld(board, simworld.default_pack(board, cells, chem), sensors)
         if opts["cells_mv"]:

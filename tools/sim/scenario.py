@@ -25,7 +25,7 @@ _TOP_KEYS = ("name", "description", "board", "chemistry", "cells", "start_h", "d
              "sample_s", "speed", "pack", "sensors", "config", "profile", "ambient", "actions", "expect")
 _PACK_KEYS = ("capacity_ah", "soc_pct", "capacity_spread_pct", "soc_spread_pct", "resistance_spread_pct",
               "seed", "ambient_c", "temp_c", "cells")
-_SENSOR_KEYS = ("adc_noise_mv", "shunt_offset_ma", "shunt_gain_pct", "seed")
+_SENSOR_KEYS = ("adc_noise_mv", "adc_offset_mv", "adc_gain_pct", "shunt_offset_ma", "shunt_gain_pct", "seed")
 _SOURCES = {
     "solar": ("peak_a", ("sunrise_h", "sunset_h", "cv_mv_per_cell", "cloud_pct", "seed")),
     "load": ("schedule", ("noise_pct", "seed")),
@@ -48,7 +48,11 @@ _EXPECT = {
     "fet_state": (("at_s",), ("chg", "dsg")),
     "balanced": ((), ("min_cells",)),
 }
-DEFAULT_SENSORS = {"adc_noise_mv": 1.0, "shunt_offset_ma": 30, "shunt_gain_pct": 0.2, "seed": 1}
+# A calibrated ESP32 board: 1 mV of noise per reading, and per input about
+# 1 mV of offset and 0.05 % of gain left after calibration (x2 at a cell
+# amplifier, x30 on the pack divider); the shunt's own offset and gain error.
+DEFAULT_SENSORS = {"adc_noise_mv": 1.0, "adc_offset_mv": 1.0, "adc_gain_pct": 0.05, "shunt_offset_ma": 30,
+                   "shunt_gain_pct": 0.2, "seed": 1}
 
 
 def _need(d, key, where, kinds=(int, float)):
@@ -68,23 +72,123 @@ def _only(d, allowed, where):
             raise ScenarioError("%s: unknown key %s (allowed: %s)" % (where, k, ", ".join(allowed)))
 
 
+def _num(d, key, where, lo, hi, required=False):
+    # A number within [lo, hi] (ints welcome), or absent when not required.
+    if key not in d:
+        if required:
+            raise ScenarioError("%s: %s is missing" % (where, key))
+        return None
+    v = d[key]
+    if type(v) not in (int, float) or v != v or not lo <= v <= hi:
+        raise ScenarioError("%s: %s must be a number from %g to %g" % (where, key, lo, hi))
+    return v
+
+
+def _pairs(d, key, where, lo, hi):
+    # [[hour, value], ...] with hours 0..24.
+    v = d.get(key)
+    if not isinstance(v, list) or not v:
+        raise ScenarioError("%s: %s must be a list of [hour, value] pairs" % (where, key))
+    for i, pair in enumerate(v):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ScenarioError("%s: %s[%d] must be [hour, value]" % (where, key, i))
+        _num({"hour": pair[0], "value": pair[1]}, "hour", "%s: %s[%d]" % (where, key, i), 0, 24, True)
+        _num({"hour": pair[0], "value": pair[1]}, "value", "%s: %s[%d]" % (where, key, i), lo, hi, True)
+
+
 def _check_cond(c, where):
     if not isinstance(c, dict) or len([k for k in c if k != "note"]) == 0:
         raise ScenarioError("%s: a condition object is needed" % where)
     if "cell" in c:
-        if c["cell"] not in ("max", "min") and type(c["cell"]) is not int:
-            raise ScenarioError("%s: cell is a number, max or min" % where)
+        if c["cell"] not in ("max", "min") and (type(c["cell"]) is not int or c["cell"] < 1):
+            raise ScenarioError("%s: cell is a cell number, max or min" % where)
         if ("above_mv" in c) == ("below_mv" in c):
             raise ScenarioError("%s: give one of above_mv, below_mv" % where)
+        _num(c, "above_mv" if "above_mv" in c else "below_mv", where, 0, 6000, True)
     elif "temp" in c:
+        if c["temp"] != "pack" and (type(c["temp"]) is not int or c["temp"] < 1):
+            raise ScenarioError("%s: temp is pack or a sensor number" % where)
         if ("above_c" in c) == ("below_c" in c):
             raise ScenarioError("%s: give one of above_c, below_c" % where)
+        _num(c, "above_c" if "above_c" in c else "below_c", where, -60, 200, True)
     elif "injected" in c or "removed" in c:
         name = c.get("injected", c.get("removed"))
         if name not in simworld.FAULTS:
             raise ScenarioError("%s: unknown fault %s" % (where, name))
-    elif "at_s" not in c:
+    elif "at_s" in c:
+        _num(c, "at_s", where, 0, 1e9, True)
+    else:
         raise ScenarioError("%s: condition needs cell, temp, injected, removed or at_s" % where)
+
+
+def _check_source(s, where):
+    kind = s.get("type") if isinstance(s, dict) else None
+    if kind not in _SOURCES:
+        raise ScenarioError("%s: type must be one of %s" % (where, ", ".join(sorted(_SOURCES))))
+    req, opt = _SOURCES[kind]
+    _only(s, ("type", req) + opt, where)
+    if kind == "solar":
+        _num(s, "peak_a", where, 0, 5000, True)
+        _num(s, "sunrise_h", where, 0, 24)
+        _num(s, "sunset_h", where, 0, 24)
+        _num(s, "cloud_pct", where, 0, 100)
+    elif kind == "load":
+        _pairs(s, "schedule", where, -5000, 5000)
+        _num(s, "noise_pct", where, 0, 100)
+    elif kind == "charger":
+        _num(s, "max_a", where, 0, 5000, True)
+        if "windows" in s and s["windows"] is not None:
+            if not isinstance(s["windows"], list):
+                raise ScenarioError("%s: windows must be a list of [start_h, end_h]" % where)
+            for i, win in enumerate(s["windows"]):
+                if not isinstance(win, list) or len(win) != 2:
+                    raise ScenarioError("%s: windows[%d] must be [start_h, end_h]" % (where, i))
+                for h in win:
+                    _num({"hour": h}, "hour", "%s: windows[%d]" % (where, i), 0, 24, True)
+    else:
+        _num(s, "amps", where, -5000, 5000, True)
+    _num(s, "cv_mv_per_cell", where, 1000, 5000)
+    if "seed" in s and type(s["seed"]) is not int:
+        raise ScenarioError("%s: seed must be an integer" % where)
+
+
+def _check_expect(e, where):
+    kind = e.get("expect") if isinstance(e, dict) else None
+    if kind not in _EXPECT:
+        raise ScenarioError("%s: expect must be one of %s" % (where, ", ".join(sorted(_EXPECT))))
+    req, opt = _EXPECT[kind]
+    _only(e, ("expect",) + req + opt, where)
+    for k in req:
+        _need(e, k, where, None)
+    if "fet" in e and e["fet"] not in _FETS:
+        raise ScenarioError("%s: fet must be one of %s" % (where, ", ".join(_FETS)))
+    for k in ("after", "while"):
+        if k in e:
+            _check_cond(e[k], where)
+    for k in ("within_s", "not_before_s", "grace_s", "from_s"):
+        _num(e, k, where, 0, 1e9)
+    for k in ("pct", "mv"):
+        _num(e, k, where, 0, 1e6)
+    if kind == "fet_state":
+        if e["at_s"] != "end":
+            _num(e, "at_s", where, 0, 1e9, True)
+        if "chg" not in e and "dsg" not in e:
+            raise ScenarioError("%s: fet_state needs chg and/or dsg" % where)
+        for k in ("chg", "dsg"):
+            if k in e and type(e[k]) is not bool:
+                raise ScenarioError("%s: %s must be true or false" % (where, k))
+    if kind == "resets":
+        if "min" not in e and "max" not in e:
+            raise ScenarioError("%s: resets needs min and/or max" % where)
+        for k in ("min", "max"):
+            if k in e and (type(e[k]) is not int or e[k] < 0):
+                raise ScenarioError("%s: %s must be a whole number" % (where, k))
+        if e.get("cause", "watchdog") != "watchdog":
+            raise ScenarioError("%s: cause can only be watchdog" % where)
+    if kind == "balanced" and "min_cells" in e and (type(e["min_cells"]) is not int or e["min_cells"] < 1):
+        raise ScenarioError("%s: min_cells must be a whole number from 1" % where)
+    if kind in ("no_fault",) and not isinstance(e.get("except", []), list):
+        raise ScenarioError("%s: except must be a list of fault names" % where)
 
 
 def validate(sc):
@@ -97,40 +201,67 @@ def validate(sc):
         raise ScenarioError("scenario: chemistry must be one of %s" % ", ".join(sorted(packmod.CHEMISTRY)))
     if "duration_h" not in sc and "duration_s" not in sc:
         raise ScenarioError("scenario: duration_h or duration_s is missing")
-    if duration_s(sc) <= 0:
-        raise ScenarioError("scenario: the duration must be positive")
-    _only(sc.get("pack", {}), _PACK_KEYS, "pack")
-    _only(sc.get("sensors", {}), _SENSOR_KEYS, "sensors")
+    for k in ("duration_h", "duration_s"):
+        if k in sc and (type(sc[k]) not in (int, float) or sc[k] != sc[k] or sc[k] <= 0):
+            raise ScenarioError("scenario: the duration must be positive")
+    _num(sc, "start_h", "scenario", 0, 24)
+    _num(sc, "sample_s", "scenario", 0.1, 86400)
+    _num(sc, "speed", "scenario", 0.01, 100000)
+    if "cells" in sc and (type(sc["cells"]) is not int or sc["cells"] < 1):
+        raise ScenarioError("scenario: cells must be a whole number from 1")
+    p = sc.get("pack", {})
+    _only(p, _PACK_KEYS, "pack")
+    _num(p, "capacity_ah", "pack", 0.1, 5000)
+    _num(p, "soc_pct", "pack", 0, 100)
+    for k in ("capacity_spread_pct", "soc_spread_pct", "resistance_spread_pct"):
+        _num(p, k, "pack", 0, 50)
+    _num(p, "ambient_c", "pack", -60, 80)
+    _num(p, "temp_c", "pack", -60, 100)
+    if "seed" in p and type(p["seed"]) is not int:
+        raise ScenarioError("pack: seed must be an integer")
+    for n, o in (p.get("cells") or {}).items():
+        where = "pack: cells[%s]" % n
+        if not str(n).isdigit():
+            raise ScenarioError("%s: cell numbers are whole numbers" % where)
+        _only(o, ("capacity_pct", "r0_pct", "soc_pct", "self_discharge_pct_month"), where)
+        for k in o:
+            _num(o, k, where, 0, 1000)
+    sen = sc.get("sensors", {})
+    _only(sen, _SENSOR_KEYS, "sensors")
+    for k in _SENSOR_KEYS[:-1]:
+        _num(sen, k, "sensors", -1e6 if k == "shunt_offset_ma" else 0, 1e6)
     if not isinstance(sc.get("config", {}), dict):
         raise ScenarioError("config must be an object of firmware settings")
+    if "ambient" in sc:
+        _pairs(sc, "ambient", "scenario", -60, 80)
     for i, s in enumerate(sc.get("profile", [])):
-        where = "profile[%d]" % i
-        kind = s.get("type") if isinstance(s, dict) else None
-        if kind not in _SOURCES:
-            raise ScenarioError("%s: type must be one of %s" % (where, ", ".join(sorted(_SOURCES))))
-        req, opt = _SOURCES[kind]
-        _only(s, ("type", req) + opt, where)
-        _need(s, req, where, None)
+        _check_source(s, "profile[%d]" % i)
     for i, a in enumerate(sc.get("actions", [])):
         where = "actions[%d]" % i
         _only(a, ("at_s", "sim", "console"), where)
-        _need(a, "at_s", where)
+        _num(a, "at_s", where, 0, 1e9, True)
         if ("sim" in a) == ("console" in a):
             raise ScenarioError("%s: give one of sim, console" % where)
+        text = a.get("sim", a.get("console"))
+        if not isinstance(text, str) or not text.strip():
+            raise ScenarioError("%s: the command must be a non-empty string" % where)
+        if "sim" in a and text.split()[0] not in simcmd.COMMANDS:
+            raise ScenarioError("%s: unknown sim command %s" % (where, text.split()[0]))
     for i, e in enumerate(sc.get("expect", [])):
-        where = "expect[%d]" % i
-        kind = e.get("expect") if isinstance(e, dict) else None
-        if kind not in _EXPECT:
-            raise ScenarioError("%s: expect must be one of %s" % (where, ", ".join(sorted(_EXPECT))))
-        req, opt = _EXPECT[kind]
-        _only(e, ("expect",) + req + opt, where)
-        for k in req:
-            _need(e, k, where, None)
-        if "fet" in e and e["fet"] not in _FETS:
-            raise ScenarioError("%s: fet must be one of %s" % (where, ", ".join(_FETS)))
-        for k in ("after", "while"):
-            if k in e:
-                _check_cond(e[k], where)
+        _check_expect(e, "expect[%d]" % i)
+
+
+def check_against(sc, cells, n_sensors):
+    """What only the board decides: cell and sensor numbers in conditions."""
+    for i, e in enumerate(sc.get("expect", [])):
+        c = e.get("after", e.get("while")) or {}
+        if type(c.get("cell")) is int and c["cell"] > cells:
+            raise ScenarioError("expect[%d]: cell %d, but the pack has %d cells" % (i, c["cell"], cells))
+        if type(c.get("temp")) is int and c["temp"] > n_sensors:
+            raise ScenarioError("expect[%d]: sensor %d, but the board has %d" % (i, c["temp"], n_sensors))
+    for n in (sc.get("pack", {}).get("cells") or {}):
+        if not 1 <= int(n) <= cells:
+            raise ScenarioError("pack: cells[%s], but the pack has %d cells" % (n, cells))
 
 
 def duration_s(sc):
@@ -179,6 +310,7 @@ def build(sc, board):
     cells = sc.get("cells", board["cells"])
     if type(cells) is not int or not 1 <= cells <= len(board["cell_taps"]):
         raise ScenarioError("cells must be 1..%d on board %s" % (len(board["cell_taps"]), board.get("name")))
+    check_against(sc, cells, len(board.get("ntc") or []))
     sensors = dict(DEFAULT_SENSORS)
     sensors.update(sc.get("sensors", {}))
     w = simworld.SimWorld(board, make_pack(sc, cells), sensors)
@@ -328,6 +460,7 @@ class _Expect:
         self.violation_s = 0.0
         self.worst = None
         self.done = False
+        self.already = False
         self.extreme = None
         self.soc_stats = (0, 0.0, 0.0)  # samples, sum of squared errors, worst error
 
@@ -346,8 +479,11 @@ class _Expect:
             if self.done or self.cond.first is None:
                 return
             if _fet_is(w, self.e["fet"], k == "fet_on"):
-                # the gate changed at a known (watched) time
-                self.t_hit = max(self.cond.first, _since(w, self.e["fet"], t))
+                # The watched gate change that put the FET(s) in this state;
+                # before the condition means they were there already.
+                changed = _last_change(w, self.e["fet"], t)
+                self.already = changed < self.cond.first - 1e-6
+                self.t_hit = max(self.cond.first, changed)
                 self.done = True
         elif k == "fet_off_while":
             c = self.cond
@@ -377,18 +513,26 @@ class _Expect:
             if self.t_hit is None:
                 return False, "%s still %s at the end, %.1f s after the condition" % (
                     e["fet"].upper(), "on" if k == "fet_off" else "off", r.t_end - self.cond.first)
+            if self.already:
+                return False, "%s was %s already when the condition came (t=%.3f s): nothing to time" % (
+                    e["fet"].upper(), "off" if k == "fet_off" else "on", self.cond.first)
             d = self.t_hit - self.cond.first
             lo = e.get("not_before_s", 0.0)
             ok = lo - 1e-6 <= d <= e["within_s"] + 1e-6
             return ok, "took %.3f s (condition at t=%.3f s)" % (d, self.cond.first)
         if k == "fet_off_while":
+            # A "whenever" statement: also true when the condition never held
+            # (the protection acted first). Pair it with fault_seen or a cell
+            # limit to show the scenario got there.
             if self.cond.first is None:
-                return False, "the condition never happened (%s)" % _describe_cond(e["while"])
+                return True, "the condition never held (%s)" % _describe_cond(e["while"])
             if self.violation_s:
                 return False, "%s on for %.1f s while it should be off (first at t=%.1f s)" % (
                     e["fet"].upper(), self.violation_s, self.worst)
             return True, "held off (condition first at t=%.1f s)" % self.cond.first
         if k == "no_fault":
+            if not r.answered or r.final is None:
+                return False, "the firmware did not answer (%d samples answered)" % r.answered
             allowed = e.get("except", [])
             bad = [n for n in r.trips if n not in allowed]
             seen = [n for n in r.faults_seen if n not in allowed]
@@ -430,21 +574,23 @@ class _Expect:
             ok = e.get("chg", chg) == chg and e.get("dsg", dsg) == dsg
             return ok, "CHG %s, DSG %s" % ("on" if chg else "off", "on" if dsg else "off")
         n = r.most_bleeding
+        if r.bleed_mismatch:
+            return False, "%d sample(s) where the cells reported bleeding were not the ones bleeding, first %s" % (
+                r.bleed_mismatch, r.bleed_mismatch_at)
         return n >= e.get("min_cells", 1) and r.bled, "up to %d cell(s) at once reported; bleeders %s" % (
             n, "conducted" if r.bled else "never conducted")
 
 
-def _since(w, fet, t):
-    # Since when the FET(s) have been in their present state, from the
-    # runner's gate watchers (a gate that never changed: since boot, 0).
-    g = getattr(w, "gate_changed_s", None)
+def _last_change(w, fet, t):
+    # When the watched gate(s) last changed (s; a gate that never changed:
+    # 0, boot). Checked at least once per physics step, the state just
+    # reached comes from the latest change of the gates involved.
+    g = getattr(w, "gate_changed_ms", None)
     if g is None:
         return t
     if fet in ("chg", "dsg"):
-        return g[fet]
-    if fet == "both":
-        return max(g["chg"], g["dsg"])
-    return min(g["chg"], g["dsg"])
+        return g[fet] / 1000.0
+    return max(g["chg"], g["dsg"]) / 1000.0
 
 
 class ScenarioStop(BaseException):
@@ -477,7 +623,11 @@ class Runner:
         self.columns = None
         self.trips = {}
         self.faults_seen = []
+        self.answered = 0  # status samples the firmware answered
         self.most_bleeding = 0  # most cells the firmware reported bleeding at once
+        self.bleed_mismatch = 0  # samples where reported and true bleeders differ
+        self.bleed_mismatch_at = None
+        self.action_errors = []  # sim actions the simulator refused
         self.bled = False
         self.reset_causes = []
         self.transcript = []
@@ -493,12 +643,13 @@ class Runner:
 
     def _watch_gates(self):
         w = self.world
-        w.gate_changed_s = {"chg": 0.0, "dsg": 0.0}
+        w.gate_changed_ms = {"chg": 0, "dsg": 0}
         f = w.board.get("fets") or {}
 
         def watcher(name):
             def changed(level):
-                w.gate_changed_s[name] = w.now_ms / 1000.0
+                # ints only: this can run inside a (simulated) hard IRQ
+                w.gate_changed_ms[name] = w.now_ms
 
             return changed
 
@@ -565,12 +716,17 @@ class Runner:
             w.uart_feed(a["console"] + "\n")
             self._note("%.3f > %s" % (w.now_ms / 1000.0, a["console"]))
             return
-        for line in self.cmds.run(a["sim"]):
+        replies = self.cmds.run(a["sim"])
+        for line in replies:
             self.out(line)
             self._note("%.3f %s" % (w.now_ms / 1000.0, line))
+        if replies and replies[0].startswith("error:"):
+            self.action_errors.append("t=%g s sim %s: %s" % (a["at_s"], a["sim"], replies[0]))
+            return
         words = a["sim"].split()
         if len(words) >= 3 and words[0] == "fault" and words[2] in ("on", "off"):
             self.events.append((w.now_ms / 1000.0, words[1], words[2]))
+        self.step(0)  # conditions see the action at its own time
 
     def _collect(self):
         if not self.world.uart_tx:
@@ -607,12 +763,20 @@ class Runner:
             for f in s.get("faults", []):
                 if f not in self.faults_seen:
                     self.faults_seen.append(f)
+            self.answered += 1
             true_soc = p.soc_pct()
             for e in self.expects:
                 e.sample(t, s.get("soc_pct"), true_soc)
-            nb = len(s.get("balancing") or ())
-            if nb > self.most_bleeding:
-                self.most_bleeding = nb
+            reported = s.get("balancing") or []
+            if len(reported) > self.most_bleeding:
+                self.most_bleeding = len(reported)
+            # Bleeders switch at the end of a tick, the status is from its
+            # snapshot: compare once the firmware is past boot.
+            bleeding = [k + 1 for k in range(n) if w.bleeding(k)]
+            if s.get("state") not in ("boot", None) and reported != bleeding:
+                self.bleed_mismatch += 1
+                if self.bleed_mismatch_at is None:
+                    self.bleed_mismatch_at = "t=%.0f s: reported %s, bleeding %s" % (t, reported, bleeding)
         if self.csv is None:
             return
         if self.columns is None:
@@ -648,6 +812,8 @@ class Runner:
             self.csv.close()
             self.csv = None
         results = []
+        for err in self.action_errors:  # a scenario that did not run as written proves nothing
+            results.append({"expect": "every action runs", "passed": False, "detail": err})
         for e in self.expects:
             ok, detail = e.judge(self)
             results.append({"expect": describe(e.e), "passed": bool(ok), "detail": detail})

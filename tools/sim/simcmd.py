@@ -25,6 +25,10 @@ HELP = (
 )
 
 
+# The words after `sim` (scenario files are checked against them).
+COMMANDS = ("help", "show", "cell", "current", "temp", "ambient", "fault", "alert", "pause", "run", "step", "speed")
+
+
 class SimCommandError(ValueError):
     pass
 

@@ -199,7 +199,10 @@ class SimWorld:
     pack: a pack.Pack (default: default_pack(board)); its cell count may be
     below the board's (unpopulated inputs: taps tied to the top of the
     stack, difference amplifiers shorted to 0 V).
-    sensors: measurement errors {"adc_noise_mv": sigma at the pin,
+    sensors: measurement errors {"adc_noise_mv": sigma of each reading at
+    the pin, "adc_offset_mv", "adc_gain_pct": sigma of the error each input
+    keeps (what is left after calibrating the board: per cell amplifier or
+    tap, pack divider and NTC pins; the current's error is the shunt's),
     "shunt_offset_ma", "shunt_gain_pct", "seed"}; all 0 by default so unit
     tests can compute readings by hand.
     """
@@ -233,9 +236,11 @@ class SimWorld:
             self._noise = [int(g.gauss(0.0, sigma) * 1000) for _ in range(1024)]
         self._noise_mask = len(self._noise) - 1
         self._noise_i = 0
-        # Per-input gain error, keyed by input number (1-based: tap k, or
-        # the amplifier of cell k); missing inputs are exact (1.0).
+        # Per-input gain and offset error, keyed by input number (1-based:
+        # tap k, or the amplifier of cell k); missing inputs are exact.
         self.tap_gain_error = {}
+        self.tap_offset_mv = {}
+        self.pin_error = {}  # other analog pins: {pin: (gain, offset mV)}
         ntcs = board.get("ntc") or []
         self.temp_pin = [None] * len(ntcs)  # pinned sensor temperatures, else the pack's
         self.ntc_open = [False] * len(ntcs)
@@ -284,7 +289,7 @@ class SimWorld:
         self.wait_input = sleep_ms
         self._rt_origin = None  # (wall ticks, virtual ms) when wall pacing began
         self.idle_hooks = []  # called (no args) from every idle()
-        self.step_hooks = []  # called (dt_ms) after every physics step
+        self.step_hooks = []  # called (dt_ms) around every physics step (0: before it)
         self.ambient_profile = None  # [[hour, degC], ...]: daily ambient, interpolated
 
         # --- console UART: host -> firmware and firmware -> host ---
@@ -297,7 +302,22 @@ class SimWorld:
         self.spi_buses = {}  # {bus id: {"sck":, "mosi":, "miso":}} as the firmware set them up
 
         self._map_circuit()
+        self._draw_input_errors(sensors)
         self._stale = True  # what flows and the cell voltages need recomputing
+
+    def _draw_input_errors(self, sensors):
+        # A fixed error per input, from its own stream of the seed.
+        off = sensors.get("adc_offset_mv", 0)
+        gain = sensors.get("adc_gain_pct", 0)
+        if not (off or gain):
+            return
+        g = Prng(sensors.get("seed", 1) * 7919 + 17)
+        for k in range(len(self._in_scale)):
+            self.tap_gain_error[k + 1] = 1.0 + g.gauss(0.0, gain) / 100.0
+            self.tap_offset_mv[k + 1] = g.gauss(0.0, off)
+        for pin in sorted(self._analog):
+            if self._analog[pin][0] in ("pack", "ntc", "board_ntc"):
+                self.pin_error[pin] = (1.0 + g.gauss(0.0, gain) / 100.0, g.gauss(0.0, off))
 
     @classmethod
     def from_file(cls, path, pack=None, sensors=None):
@@ -383,9 +403,6 @@ class SimWorld:
         # the comparator line follows at once, not at the next ADC read.
         self._stale = True
         self._refresh()
-
-    def n_cells(self):
-        return self.pack.n
 
     def set_cell(self, n, mv):
         """Pin cell n's (1-based) open-circuit voltage at mv until free_cell(n)."""
@@ -495,7 +512,11 @@ class SimWorld:
         for pin in self._analog:
             role = self._analog[pin]
             if role[0] != "mux":
-                now[pin] = int(self._role_mv(role) * 1000)
+                mv = self._role_mv(role)
+                err = self.pin_error.get(pin)
+                if err is not None and mv > 0:
+                    mv = mv * err[0] + err[1]
+                now[pin] = int(mv * 1000)
         self._pin_now = now
         if self._mux:
             self._mux_now = [int(inputs[k] * 1000) if k >= 0 else 0 for k in self._mux_map]
@@ -519,6 +540,8 @@ class SimWorld:
             out.append(v * scale[k])
         for k in self.tap_gain_error:
             out[k - 1] *= self.tap_gain_error[k]
+        for k in self.tap_offset_mv:
+            out[k - 1] += self.tap_offset_mv[k]
         for k in self._frozen:
             out[k] = self._frozen[k]
         return out
@@ -577,30 +600,33 @@ class SimWorld:
         return False
 
     def set_fault(self, name, on, arg=None):
-        """Inject (on=True) or remove a fault; ValueError says why not."""
+        """Inject (on=True) or remove a fault; ValueError says why not.
+        arg: the cell or sensor (1-based) of stuck_cell, ntc_open, ntc_short
+        (default 1); removing one without arg removes whichever is on."""
         if name not in FAULTS:
             raise ValueError("unknown fault %s (one of %s)" % (name, ", ".join(sorted(FAULTS))))
-        n_ntc = len(self.ntc_open)
-        if name == "afe_crc" and not self.has_afe_link():
+        if name == "afe_crc" and on and not self.has_afe_link():
             raise ValueError("afe_crc: board %s reads its cells by ADC, it has no checksummed front-end link"
                              % self.board.get("name"))
-        if name in ("ntc_open", "ntc_short"):
-            arg = 1 if arg is None else arg
-            if not 1 <= arg <= n_ntc:
-                raise ValueError("%s: thermistor number out of range (1..%d)" % (name, n_ntc))
-        if name == "stuck_cell":
-            arg = 1 if arg is None else arg
-            if not 1 <= arg <= self.pack.n:
-                raise ValueError("stuck_cell: cell number out of range (1..%d)" % self.pack.n)
+        top = {"ntc_open": len(self.ntc_open), "ntc_short": len(self.ntc_open), "stuck_cell": self.pack.n}.get(name)
+        if top is None and arg is not None:
+            raise ValueError("%s takes no cell or sensor number" % name)
+        if arg is not None and not 1 <= arg <= top:
+            raise ValueError("%s: %s number out of range (1..%d)" % (
+                name, "cell" if name == "stuck_cell" else "thermistor", top))
         if on:
+            if top is not None and arg is None:
+                arg = 1
             if name in self.faults:
-                if arg is not None and self.faults[name] not in (None, arg):
+                if self.faults[name] != arg:
                     raise ValueError("%s is already on for %d; turn it off first" % (name, self.faults[name]))
                 return
             self.faults[name] = arg
         else:
             if name not in self.faults:
                 return
+            if arg is not None and self.faults[name] != arg:
+                raise ValueError("%s is on for %d, not %d" % (name, self.faults[name], arg))
             arg = self.faults.pop(name)
         self._apply_fault(name, on, arg)
         self._set()
@@ -1013,6 +1039,11 @@ class SimWorld:
             step = when - self.now_ms
             if step > _MAX_STEP_MS:
                 step = _MAX_STEP_MS
+            # Hooks see the state twice a step: as the firmware left it at
+            # the start (what a tick switched, at the tick's own time) and
+            # after the physics moved it on.
+            for hook in self.step_hooks:
+                hook(0)
             self._step_physics(step)
             self.now_ms += step
             for hook in self.step_hooks:

@@ -36,6 +36,7 @@ class Afe:
 
     Attributes a driver sets: max_cells, n_temps, has_board_temp,
     pack_measured (pack_mv is measured independently of the cells),
+    pack_max_mv (highest pack voltage that measurement reads; 0 if none),
     no_adjacent_balancing, has_precharge, current_max_ma (largest current it
     can measure either way; 0 if unknown).
     """
@@ -44,6 +45,7 @@ class Afe:
     n_temps = 0
     has_board_temp = False
     pack_measured = False
+    pack_max_mv = 0
     no_adjacent_balancing = False
     has_precharge = False
     current_max_ma = 0

@@ -98,6 +98,12 @@ class Bms:
             for key in ("occ_ma", "ocd1_ma", "ocd2_ma"):
                 if cfg[key] >= lim:
                     return "%s=%d beyond what this board measures (below %d)" % (key, cfg[key], lim)
+        top = afe.pack_max_mv
+        if top and cfg["cells"] * cfg["cell_ov_mv"] >= top:
+            # A pack divider that saturates below the trip voltage turns a
+            # full pack into a permanent sensor fault.
+            return "cells x cell_ov_mv = %d mV beyond the pack divider (below %d mV)" % (
+                cfg["cells"] * cfg["cell_ov_mv"], top)
         return ""
 
     def apply_config(self, cfg):

@@ -55,7 +55,11 @@ def _adc_direct(b):
     def ch(num):
         return Channel(_adc(num, a), n, uv, vref, top)
 
+    inputs = b.get("cell_inputs", "cumulative")
+    if inputs not in ("cumulative", "differential"):
+        raise ValueError("cell_inputs must be cumulative or differential, not %s" % inputs)
     mx = b.get("mux")
+    _check_mux(mx, b["cell_taps"])
     if mx:
         mux = Mux(tuple(Pin(p, Pin.OUT, value=0) for p in mx["select"]), mx.get("settle_us", 20))
         mux_adc = _adc(mx["pin"], a)
@@ -68,6 +72,7 @@ def _adc_direct(b):
     taps = [(tap_ch(t), Linear(t["scale"], t.get("offset_mv", 0))) for t in b["cell_taps"]]
     pt = b.get("pack_tap")
     pack = (ch(pt["pin"]), Linear(pt["scale"], pt.get("offset_mv", 0))) if pt else None
+    pack_max_mv = top * pt["scale"] // 1000 * 99 // 100 if pt else 0  # below its saturation
     c = b["current"]
     # mA = (pin mV - zero mV) * ma_per_mv: fold the zero into the offset.
     current = (ch(c["pin"]), Linear(c["ma_per_mv"], -int(c["zero_mv"] * c["ma_per_mv"])))
@@ -86,7 +91,7 @@ def _adc_direct(b):
     alert_pin = Pin(al["pin"], Pin.IN) if al else None
     afe = AdcDirect(taps, current, ntcs, board_ntc, _off_pin(f["chg"], hi), _off_pin(f["dsg"], hi),
                     pchg, bleeders, hi, alert_pin, al.get("active_low", True) if al else True, c.get("max_ma", 0),
-                    b.get("cell_inputs", "cumulative") == "differential", pack)
+                    inputs == "differential", pack, pack_max_mv)
     if alert_pin is not None:
         trig = Pin.IRQ_FALLING if al.get("active_low", True) else Pin.IRQ_RISING
         try:
@@ -94,6 +99,21 @@ def _adc_direct(b):
         except (TypeError, ValueError):  # port without hard pin IRQs
             alert_pin.irq(handler=afe.alert_handler(), trigger=trig)
     return afe
+
+
+def _check_mux(mx, taps):
+    # A wrong index would read another cell's input in its place: refuse
+    # the board file at boot (the FET gates are still undriven, so off).
+    used = []
+    for k, t in enumerate(taps):
+        if "mux" not in t:
+            continue
+        if not mx:
+            raise ValueError("cell_taps[%d] names a mux input but the board has no mux" % k)
+        i = t["mux"]
+        if not 0 <= i < 1 << len(mx["select"]) or i in used:
+            raise ValueError("cell_taps[%d]: mux input %s out of range or used twice" % (k, i))
+        used.append(i)
 
 
 def _bleeders(spec):

@@ -120,9 +120,10 @@ class PinBleeders:
 class ShiftBleeders:
     """Bleeders on a chain of 74HC595 shift registers on SPI (8 per chip):
     bytes shift through the chain, a rising edge on the latch (RCLK) moves
-    them to the outputs, and /OE (pulled up on the board, so the outputs are
-    off through reset and boot) is driven low only after the registers have
-    been cleared of their random power-up contents."""
+    them to the outputs. /OE is pulled up on the board, so the outputs are
+    off through reset and boot; the driver holds it high whenever nothing
+    should bleed, so "all off" does not depend on the SPI write working,
+    and drives it low only after the registers hold the wanted bits."""
 
     def __init__(self, spi, latch_pin, oe_pin, count):
         self.spi = spi
@@ -131,11 +132,12 @@ class ShiftBleeders:
         self.buf = bytearray(count)
         self.n = 8 * count
         latch_pin.value(0)
-        self.set(0)
-        if oe_pin is not None:
-            oe_pin.value(0)
+        self.set(0)  # clears the random power-up contents
 
     def set(self, mask):
+        oe = self.oe
+        if not mask and oe is not None:
+            oe.value(1)  # off first, whatever the bus does next
         # Written every tick, not only on change: a register upset by noise
         # is repaired within one tick.
         buf = self.buf
@@ -146,6 +148,8 @@ class ShiftBleeders:
         self.spi.write(buf)
         self.latch.value(1)
         self.latch.value(0)
+        if mask and oe is not None:
+            oe.value(0)
 
 
 def _ntc_status(t, saturated):
@@ -159,18 +163,20 @@ def _ntc_status(t, saturated):
 class AdcDirect(Afe):
     def __init__(self, taps, current, ntcs, board_ntc, chg_pin, dsg_pin, pchg_pin=None,
                  bleeders=None, active_high=True, alert_pin=None, alert_active_low=True, current_max_ma=0,
-                 differential=False, pack=None):
+                 differential=False, pack=None, pack_max_mv=0):
         """taps: [(Channel, Linear)] in mV, lowest cell first: cumulative tap
         voltages, or with differential=True each cell's own voltage.
         current: (Channel, Linear) giving mA, positive = charging.
         ntcs: [(Channel, Ntc)]; board_ntc: (Channel, Ntc) or None.
         bleeders: PinBleeders, ShiftBleeders or None.
-        pack: (Channel, Linear) of a pack-voltage divider, or None.
+        pack: (Channel, Linear) of a pack-voltage divider, or None;
+        pack_max_mv: the highest pack voltage it reads below saturation.
         """
         self.taps = taps
         self.differential = differential
         self.pack = pack
         self.pack_measured = pack is not None
+        self.pack_max_mv = pack_max_mv
         self.current = current
         self.ntcs = ntcs
         self.board_ntc = board_ntc
