@@ -219,3 +219,61 @@ def test_first_boot_without_config_is_a_config_fault_with_a_working_console():
     assert _console(world, reader, "config save") == ["ok saved"]
     _step(world, reader, 300)
     assert world.fet_on("chg") and world.fet_on("dsg")
+
+
+MUX16 = "boards/esp32_mux_16s.json"
+
+
+def _board_file(changes):
+    b = simworld.load_board(MUX16)
+    changes(b)
+    path = tmpdir() + "/board.json"
+    with open(path, "w") as f:
+        json.dump(b, f)
+    return path, b
+
+
+def test_board_file_reading_a_cell_twice_is_refused_before_any_fet_pin():
+    # Tap 16 wired to mux input 3 as well: cell 16 would report cell 4's
+    # voltage. The board is refused at boot and the gates stay undriven (off).
+    from bms import board
+
+    def twice(b):
+        b["cell_taps"][15]["mux"] = 3
+
+    path, b = _board_file(twice)
+    world = machine.attach(simworld.SimWorld(b))
+    try:
+        board.build_afe(board.load(path))
+        refused = ""
+    except ValueError as e:
+        refused = str(e)
+    assert refused == "cell_taps[15]: mux input 3 out of range or used twice"
+    assert b["fets"]["chg"] not in world.pin_out and b["fets"]["dsg"] not in world.pin_out
+    assert not world.fet_on("chg") and not world.fet_on("dsg")
+
+
+def test_a_pack_beyond_the_pack_divider_is_a_config_fault():
+    # With a 1:25 divider the pin saturates at 60.6 V: 16 NMC cells tripping
+    # at 4250 mV (68 V) could never be cross-checked, so that config is refused.
+    from bms import config
+    import main
+
+    def divider25(b):
+        b["pack_tap"]["scale"] = 25.0
+
+    path, b = _board_file(divider25)
+    world = machine.attach(simworld.SimWorld(b, simworld.default_pack(b, 16, "nmc")))
+    cfg_path = tmpdir() + "/config.json"
+    config.save(config.defaults("nmc", 16).with_values(b["config"]), cfg_path)
+    bms, reader, _console = main.setup(path, cfg_path)
+    assert bms.config_problem == "cells x cell_ov_mv = 68000 mV beyond the pack divider (below 60637 mV)"
+    bms._clock = world.ticks_ms
+    bms._last_ms = world.ticks_ms()
+    _step(world, reader, 500)
+    assert "config" in bms.prot.names(bms.prot.active)
+    assert not world.fet_on("chg") and not world.fet_on("dsg")
+    # the board as built (1:30) takes the same pack
+    world = machine.attach(simworld.SimWorld.from_file(MUX16, simworld.default_pack(b, 16, "nmc")))
+    bms, reader, _console = main.setup(MUX16, cfg_path)
+    assert bms.config_problem == ""
