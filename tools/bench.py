@@ -93,7 +93,7 @@ def _scenario_run(scenario, out, heap_kib=None, compiled=None):
     """One headless scenario run: its result, or None if it did not complete."""
     from tools.scenario import run_one
 
-    return run_one(scenario, out, png=False, heap_kib=heap_kib, quiet=True, compiled=compiled)[1]
+    return run_one(scenario, out, png=False, heap_kib=heap_kib, quiet=True, compiled=compiled, show_failure=False)[1]
 
 
 def vboard_speed(board, tmp):

@@ -34,12 +34,15 @@ def micropython():
     return exe
 
 
-def run_one(path, out, png=True, heap_kib=None, quiet=False, compiled=None, timeout=1800):
+def run_one(path, out, png=True, heap_kib=None, quiet=False, compiled=None, timeout=1800, show_failure=True):
     """Run one scenario; returns (exit code, result dict or None).
 
-    heap_kib: MicroPython's heap; compiled: a folder with the firmware and
-    the simulator as .mpy (run.mpy, main.mpy, bms/...) to run instead of
-    the sources. A run that outlives timeout seconds is killed (exit 3)."""
+    quiet: print nothing for a completed run (a run that did not complete
+    still says why, unless show_failure is False: the heap search expects
+    runs that do not fit). heap_kib: MicroPython's heap; compiled: a folder
+    with the firmware and the simulator as .mpy (run.mpy, main.mpy, bms/...)
+    to run instead of the sources. A run that outlives timeout seconds is
+    killed (exit 3)."""
     os.makedirs(out, exist_ok=True)
     cmd = [micropython()]
     if heap_kib:
@@ -83,7 +86,7 @@ def run_one(path, out, png=True, heap_kib=None, quiet=False, compiled=None, time
                          title="%s (%s)" % (result["scenario"], "passed" if result["passed"] else "FAILED"))
             except ValueError as e:
                 print("scenario: no plot: %s" % e, file=sys.stderr)
-    elif quiet:
+    elif quiet and show_failure:
         sys.stderr.write(stdout + p.stderr)
     return p.returncode, result
 
