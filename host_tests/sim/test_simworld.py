@@ -802,3 +802,28 @@ def test_adc_noise_is_seeded_and_unbiased():
         mean_mv = sum(r) / len(r) / 1000.0
         assert close(mean_mv, 1650.0, 0.2), mean_mv
         assert min(r) > 1650000 - 20000 and max(r) < 1650000 + 20000  # sigma 3 mV
+
+
+def test_595_only_hears_the_pins_it_is_wired_to():
+    # The chain sits on HSPI's SCK 14 / MOSI 13 (SPI(1)'s default pins on the
+    # ESP32): a controller clocking other pins never reaches it.
+    w = world16()
+    try:
+        machine.Pin(16, machine.Pin.OUT, value=0)  # /OE low: outputs on
+        latch = machine.Pin(17, machine.Pin.OUT, value=0)
+        right = machine.SPI(1)  # the port's default pins for SPI(1)
+        right.write(bytes([0x00, 0x00]))  # clear the power-up bits
+        latch.value(1)
+        latch.value(0)
+        wrong = machine.SPI(1, sck=machine.Pin(18), mosi=machine.Pin(23))
+        wrong.write(bytes([0x00, 0x01]))
+        latch.value(1)
+        latch.value(0)
+        assert not w.bleeding(0)
+        right = machine.SPI(1)
+        right.write(bytes([0x00, 0x01]))
+        latch.value(1)
+        latch.value(0)
+        assert w.bleeding(0) and not w.bleeding(1)
+    finally:
+        machine.attach(None)

@@ -2,7 +2,8 @@
 
 A device on an SPI bus implements spi_transfer(tx_bytes) -> rx_bytes and has
 `cs` (the chip-select GPIO, active low, or None for chips that see every
-clock, like a shift register). A device on an I2C bus implements
+clock, like a shift register) and `wiring` (the (sck, mosi) GPIOs it is
+soldered to, or None): a controller set up on other pins never reaches it. A device on an I2C bus implements
 i2c_write(data, stop) -> number of data bytes it acknowledged (-1: address
 not acknowledged) and i2c_read(n, stop) -> bytes (None: address not
 acknowledged); `afe` says whether it is the board's measurement front-end
@@ -25,8 +26,9 @@ class Hc595Chain:
 
     cs = None  # no chip select: it shifts whatever is clocked on the bus
 
-    def __init__(self, world, count, latch_pin, oe_pin=None, power_up=0):
+    def __init__(self, world, count, latch_pin, oe_pin=None, power_up=0, wiring=None):
         self.world = world
+        self.wiring = wiring
         self.count = count
         self.bits = 8 * count
         self._mask = (1 << self.bits) - 1

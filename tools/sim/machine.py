@@ -200,6 +200,9 @@ class Timer:
         return "Timer(%d, mode=%s, period=%d)" % (self.id, mode, self._period)
 
 
+_ESP32_SPI_PINS = {1: (14, 13, 12), 2: (18, 23, 19)}  # (sck, mosi, miso)
+
+
 class SPI:
     """SPI controller on the world's bus `id`; chip models (devices.py) sit
     on the bus and see the bytes while their chip select is low."""
@@ -220,8 +223,11 @@ class SPI:
         self.baudrate = baudrate
         self.polarity = polarity
         self.phase = phase
-        self._w.spi_buses[self.id] = {"sck": sck and _pin_id(sck), "mosi": mosi and _pin_id(mosi),
-                                      "miso": miso and _pin_id(miso), "mode": polarity * 2 + phase}
+        # Pins not given: the port's defaults for this SPI host (ESP32:
+        # SPI(1) is HSPI on 14/13/12, SPI(2) is VSPI on 18/23/19).
+        dflt = _ESP32_SPI_PINS.get(self.id, (None, None, None)) if self._w.esp32 else (None, None, None)
+        pins = [dflt[i] if p is None else _pin_id(p) for i, p in enumerate((sck, mosi, miso))]
+        self._w.spi_buses[self.id] = {"sck": pins[0], "mosi": pins[1], "miso": pins[2], "mode": polarity * 2 + phase}
 
     def deinit(self):
         self._w.spi_buses.pop(self.id, None)

@@ -381,7 +381,8 @@ class SimWorld:
             if oe is not None:
                 self.pin_in[oe] = 1  # the board's pull-up: outputs off until driven low
                 self._current_pins.add(oe)
-            self.shift595 = devices.Hc595Chain(self, sr["count"], sr["latch"], oe, self.sim["power_up_595"])
+            self.shift595 = devices.Hc595Chain(self, sr["count"], sr["latch"], oe, self.sim["power_up_595"],
+                                               (sr["sck"], sr["mosi"]))
             self.add_spi_device(sr["spi"], self.shift595)
 
         # The alert line idles at its inactive level (external pull).
@@ -868,7 +869,11 @@ class SimWorld:
     def spi_transfer(self, bus, tx):
         """Clock tx out on bus; returns what MISO carried (0xFF: nobody)."""
         rx = None
+        pins = self.spi_buses.get(bus)
         for dev in self.spi_devices.get(bus, ()):
+            wiring = getattr(dev, "wiring", None)
+            if wiring is not None and (pins is None or (pins["sck"], pins["mosi"]) != wiring):
+                continue  # the controller clocks other pins than the chip's
             if dev.cs is None or self.read_pin(dev.cs) == 0:
                 if self.faults and not self._front_end_access_bus(dev):
                     continue  # a front-end that does not answer leaves MISO to the pull-up
@@ -1185,7 +1190,8 @@ class SimWorld:
     def board_reset(self, cause):
         """The MCU restarts: its peripherals back to reset state (FET gates,
         mux select lines and /OE float to their pulls); the pack, chip
-        models, external inputs, the clock and the UART queues carry on."""
+        models, external inputs, the clock and what the UART already sent
+        carry on; bytes waiting in its receive FIFO are lost."""
         before = {}
         for pin in self._watchers:
             before[pin] = self.read_pin(pin)
@@ -1206,6 +1212,7 @@ class SimWorld:
         self.reset_requested = False
         self.reset_cause = cause
         self.boot_ms = self.now_ms
+        self.uart_rx = bytearray()  # what sat in the receive FIFO is lost
         self._us = 0
         self.resets += 1
         self.changed()
