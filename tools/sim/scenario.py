@@ -137,14 +137,8 @@ def _check_source(s, where):
         _num(s, "noise_pct", where, 0, 100)
     elif kind == "charger":
         _num(s, "max_a", where, 0, 5000, True)
-        if "windows" in s and s["windows"] is not None:
-            if not isinstance(s["windows"], list):
-                raise ScenarioError("%s: windows must be a list of [start_h, end_h]" % where)
-            for i, win in enumerate(s["windows"]):
-                if not isinstance(win, list) or len(win) != 2:
-                    raise ScenarioError("%s: windows[%d] must be [start_h, end_h]" % (where, i))
-                for h in win:
-                    _num({"hour": h}, "hour", "%s: windows[%d]" % (where, i), 0, 24, True)
+        if s.get("windows") is not None:  # [[start_h, end_h], ...]
+            _pairs(s, "windows", where, 0, 24)
     else:
         _num(s, "amps", where, -5000, 5000, True)
     _num(s, "cv_mv_per_cell", where, 1000, 5000)

@@ -72,7 +72,7 @@ def _adc_direct(b):
     taps = [(tap_ch(t), Linear(t["scale"], t.get("offset_mv", 0))) for t in b["cell_taps"]]
     pt = b.get("pack_tap")
     pack = (ch(pt["pin"]), Linear(pt["scale"], pt.get("offset_mv", 0))) if pt else None
-    pack_max_mv = top * pt["scale"] // 1000 * 99 // 100 if pt else 0  # below its saturation
+    pack_max_mv = int(top * pt["scale"]) // 1000 * 99 // 100 if pt else 0  # below its saturation
     c = b["current"]
     # mA = (pin mV - zero mV) * ma_per_mv: fold the zero into the offset.
     current = (ch(c["pin"]), Linear(c["ma_per_mv"], -int(c["zero_mv"] * c["ma_per_mv"])))
