@@ -7,7 +7,7 @@ BOARD   ?= esp32_mux_16s
 LINK    ?= /tmp/openbms-$(BOARD)
 SPEED   ?= 60
 SCENARIO ?= scenarios/solar_day.json
-MPPATH  := firmware/lib:firmware:tools/sim:host_tests/logic:host_tests/sim:.frozen
+MPPATH  := firmware/lib:firmware:tools/sim:host_tests/logic:host_tests/sim:host_tests/drivers:.frozen
 
 .PHONY: help venv test test-cpython test-micropython sim console scenarios bench clean
 

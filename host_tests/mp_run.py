@@ -1,12 +1,12 @@
 # Runs the logic and simulator tests inside the real MicroPython interpreter,
 # where pytest cannot run: every test_* function of every test_*.py in
 # host_tests/logic and host_tests/sim (both folders on MICROPYPATH).
-#   MICROPYPATH=firmware/lib:firmware:tools/sim:host_tests/logic:host_tests/sim:.frozen \
+#   MICROPYPATH=firmware/lib:firmware:tools/sim:host_tests/logic:host_tests/sim:host_tests/drivers:.frozen \
 #       micropython host_tests/mp_run.py [module ...]
 import os
 import sys
 
-FOLDERS = ("host_tests/logic", "host_tests/sim")
+FOLDERS = ("host_tests/logic", "host_tests/sim", "host_tests/drivers")
 
 
 def modules():

@@ -238,7 +238,10 @@ def _temps_line(s):
 
 
 def _errors_line(e):
-    return "errors: comm %d  tick %d  missed ticks %d" % (e["comm"], e["tick"], e["missed"])
+    line = "errors: comm %d  tick %d  missed ticks %d" % (e["comm"], e["tick"], e["missed"])
+    if "crc" in e:  # firmware that counts front-end link errors
+        line += "  crc %d  bus %d  chip resets %d" % (e["crc"], e["bus"], e.get("chip_resets", 0))
+    return line
 
 
 def _extra_lines(s):

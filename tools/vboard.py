@@ -156,7 +156,8 @@ class VirtualBoard:
         self.board = board_file(name or "esp32_mux_16s")
         try:
             with open(self.board) as f:
-                most = len(json.load(f)["cell_taps"])
+                bd = json.load(f)
+            most = len(bd["cell_taps"]) if bd.get("cell_taps") else bd["cells"]
         except (ValueError, KeyError, TypeError) as e:
             raise VboardError("board file %s is not usable: %s" % (self.board, e))
         if a.cells and a.cells > most:

@@ -77,13 +77,21 @@ class FakeAfe(Afe):
         self.mask = 0
         self.n_cells = cells
         self.inits = 0
+        self.init_fail = None  # exception instance to raise from init()
+        self.protections = 0  # configure_protection calls
         self.cleared = 0
         self.short_present = False
 
     def init(self, n_cells):
+        if self.init_fail is not None:
+            raise self.init_fail
         self.n_cells = n_cells
         self.inits += 1
         self.set_fets(False, False)
+
+    def configure_protection(self, cfg):
+        self.protections += 1
+        return {}
 
     def read(self, m):
         if self.fail is not None:

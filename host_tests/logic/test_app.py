@@ -201,3 +201,124 @@ def test_tick_while_balancing_and_while_faulted_allocates_nothing():
     _locked_ticks(bms, 10)
     assert not afe.chg and afe.dsg and afe.mask == 0
     assert bms.request_fet(CHG, True) != ""
+
+
+# ---- front-end faults: chip resets, frozen inputs, the chip's own protection
+
+
+def _closed_bms(**kw):
+    bms, afe = make_bms(**kw)
+    run(bms, 3)
+    assert afe.chg and afe.dsg
+    return bms, afe
+
+
+def test_chip_reset_is_set_up_again_and_fets_wait_for_good_readings():
+    from bms.afe import ChipReset
+
+    bms, afe = _closed_bms()
+    inits, prot = afe.inits, afe.protections
+    afe.fail = ChipReset("power-on defaults")
+    run(bms, 1)
+    afe.fail = None
+    assert afe.inits == inits + 1 and afe.protections == prot + 1  # set up again at once
+    assert bms.chip_resets == 1 and not afe.chg and not afe.dsg
+    assert "sensor" in bms.prot.names(bms.prot.active)
+    run(bms, 19)  # sensor_recover_ms 2000 = 20 ticks of good readings
+    assert not afe.chg
+    run(bms, 2)
+    assert afe.chg and afe.dsg and bms.prot.names(bms.prot.active) == []
+
+
+def test_chip_that_cannot_be_set_up_again_is_retried_every_tick_with_fets_open():
+    from bms.afe import ChipReset
+
+    bms, afe = _closed_bms()
+    afe.fail = ChipReset("lost config")
+    afe.init_fail = OSError(5)
+    run(bms, 1)
+    afe.fail = None  # it answers reads, but setting it up keeps failing
+    run(bms, 10)
+    assert bms.reinit_pending and afe.inits == 1  # only the boot's init succeeded
+    assert not afe.chg and not afe.dsg and "afe_comm" in bms.prot.names(bms.prot.active)
+    afe.init_fail = None
+    run(bms, 1)
+    assert not bms.reinit_pending and afe.inits == 2
+    run(bms, 25)
+    assert afe.chg and afe.dsg
+
+
+def _step_all_but(afe, still, mv):
+    for k in range(len(afe.cells_mv)):
+        if k != still:
+            afe.cells_mv[k] += mv
+
+
+def test_frozen_cell_is_caught_when_the_pack_steps_and_it_does_not():
+    bms, afe = _closed_bms(cells=4)
+    run(bms, 30)  # a pack at rest: constant readings are not a fault
+    assert bms.frozen_cell == 0 and afe.chg
+    _step_all_but(afe, 2, 25)  # a charge current step: 25 mV of IR drop on every cell but cell 3
+    run(bms, 20)  # compared once a second over two seconds
+    assert bms.frozen_cell == 3
+    run(bms, 6)  # sensor_delay_ms 500
+    assert not afe.chg and not afe.dsg and "sensor" in bms.prot.names(bms.prot.active)
+    run(bms, 60)  # at rest nothing proves the input alive: it stays flagged
+    assert bms.frozen_cell == 3 and not afe.chg
+    afe.cells_mv[2] += 20  # it moves again
+    run(bms, 25)
+    assert bms.frozen_cell == 0
+    run(bms, 25)
+    assert afe.chg and afe.dsg
+
+
+def test_a_cell_moving_alone_or_two_cells_moving_is_no_frozen_input():
+    bms, afe = _closed_bms(cells=4)
+    afe.cells_mv[0] += 200  # one cell drifts alone (a weak cell at the knee)
+    run(bms, 30)
+    assert bms.frozen_cell == 0
+    afe.cells_mv[1] -= 100
+    afe.cells_mv[2] -= 100
+    run(bms, 30)
+    assert bms.frozen_cell == 0 and afe.chg and afe.dsg
+
+
+def test_clear_releases_a_frozen_input_after_repair():
+    bms, afe = _closed_bms(cells=4)
+    _step_all_but(afe, 0, -30)
+    run(bms, 30)
+    assert bms.frozen_cell == 1 and not afe.dsg
+    bms.clear()
+    assert bms.frozen_cell == 0
+    run(bms, 25)
+    assert afe.chg and afe.dsg
+
+
+def test_chip_protection_trips_the_firmware_row_that_recovers_by_its_own_hysteresis():
+    from bms.afe import HW_OV, HW_OCD
+
+    bms, afe = _closed_bms()
+    afe.hw_faults = HW_OV  # the chip opened CHG on its own (its threshold, its reading)
+    run(bms, 1)
+    afe.hw_faults = 0
+    assert "cell_ov" in bms.prot.names(bms.prot.active) and not afe.chg and afe.dsg
+    run(bms, 25)  # cells read 3300 (below cell_ov_clear 3450) for cell_ov_recover_ms 2000
+    assert afe.chg
+    afe.hw_faults = HW_OCD
+    run(bms, 1)
+    afe.hw_faults = 0
+    assert "ocd2" in bms.prot.names(bms.prot.active) and not afe.dsg
+    assert bms.hw_seen == HW_OCD  # the last reading's bits; status shows them
+
+
+def test_status_shows_link_counters_and_frozen_cell():
+    from bms.status import snapshot
+
+    bms, afe = _closed_bms(cells=4)
+    afe.crc_errors = 7
+    afe.bus_errors = 2
+    _step_all_but(afe, 3, 20)
+    run(bms, 30)
+    s = snapshot(bms)
+    assert s["errors"]["crc"] == 7 and s["errors"]["bus"] == 2 and s["errors"]["chip_resets"] == 0
+    assert s["frozen_cell"] == 4 and s["hw_faults"] == []

@@ -167,8 +167,8 @@ def test_fault_on_off_with_n():
     assert w.pin_mv(39) == 1250.0
     assert one(c, "sim fault stuck_cell on 4") == "sim: fault stuck_cell on (4)"
     assert w.faults == {"stuck_cell": 4}
-    assert one(c, "sim fault afe_nack on") == "sim: fault afe_nack on"
-    assert w.faults == {"stuck_cell": 4, "afe_nack": None}
+    assert one(c, "sim fault afe_nack on") == "sim: fault afe_nack on (100 %)"
+    assert w.faults == {"stuck_cell": 4, "afe_nack": 100}
     assert one(c, "sim fault afe_nack off") == "sim: fault afe_nack off"
     assert one(c, "sim fault stuck_cell off") == "sim: fault stuck_cell off"
     assert w.faults == {}

@@ -259,8 +259,8 @@ def setup(opts):
         cells = sc.get("cells", board["cells"])
     else:
         cells = board["cells"]
-    if not 1 <= cells <= len(board["cell_taps"]):
-        fail("--cells must be 1..%d on board %s" % (len(board["cell_taps"]), board.get("name")))
+    if not 1 <= cells <= simworld.board_cells(board):
+        fail("--cells must be 1..%d on board %s" % (simworld.board_cells(board), board.get("name")))
     if sc is not None:
         sc = dict(sc)
         sc["chemistry"] = chem

@@ -302,8 +302,8 @@ def make_pack(sc, cells):
 def build(sc, board):
     """The world a scenario describes, on the parsed board file."""
     cells = sc.get("cells", board["cells"])
-    if type(cells) is not int or not 1 <= cells <= len(board["cell_taps"]):
-        raise ScenarioError("cells must be 1..%d on board %s" % (len(board["cell_taps"]), board.get("name")))
+    if type(cells) is not int or not 1 <= cells <= simworld.board_cells(board):
+        raise ScenarioError("cells must be 1..%d on board %s" % (simworld.board_cells(board), board.get("name")))
     check_against(sc, cells, len(board.get("ntc") or []))
     sensors = dict(DEFAULT_SENSORS)
     sensors.update(sc.get("sensors", {}))

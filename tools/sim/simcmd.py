@@ -146,7 +146,8 @@ class SimCommands:
             on = _on_off(args[1], "usage: sim fault NAME on|off [N]")
             arg = _int(args[2], "fault argument") if len(args) == 3 else None
             w.set_fault(args[0], on, arg)
-            where = "" if w.faults.get(args[0]) is None else " (%d)" % w.faults[args[0]]
+            v = w.faults.get(args[0])
+            where = "" if v is None else (" (%d %%)" if args[0] in ("afe_crc", "afe_nack") else " (%d)") % v
             return ["sim: fault %s %s%s" % (args[0], _on(on), where)]
         if cmd == "alert":
             if len(args) != 1:
@@ -234,6 +235,7 @@ class SimCommands:
                 0 if w.board["alert"].get("active_low", True) else 1),
             "resets": w.resets,
             "reset_cause": w.reset_cause,
+            "chip": w.afe_chip.hw_state() if w.afe_chip is not None else None,
         }
 
     def show(self):
@@ -255,4 +257,5 @@ class SimCommands:
                 s["pack_c"], ", ".join("%.1f" % t for t in s["sensor_c"]), s["board_c"], s["ambient_c"]),
             "sim: faults %s  alert %s  resets %d (last cause %d)" % (
                 faults or "none", _on(s["alert"]), s["resets"], s["reset_cause"]),
-        ]
+        ] + (["sim: chip %s" % " ".join("%s=%s" % (k, s["chip"][k]) for k in sorted(s["chip"]))]
+             if s["chip"] else [])

@@ -114,8 +114,9 @@ ETIMEDOUT = 116
 # Faults `sim fault NAME on|off [N]` can inject; N (1-based) picks the cell
 # or sensor where it applies.
 FAULTS = {
-    "afe_nack": "the front-end does not answer (I2C NACK; ADC reads fail)",
-    "afe_crc": "bit errors on the front-end link (its CRC catches them)",
+    "afe_nack": "the front-end does not answer (I2C NACK, SPI silent; ADC reads fail); N: only N % of transfers",
+    "afe_crc": "bit errors on the front-end link (its CRC catches them); N: in N % of transfers (default all)",
+    "afe_reset": "the front-end chip restarts with its power-on registers (a brown-out); turns itself off",
     "stuck_cell": "cell N's measurement input freezes at its present value",
     "ntc_open": "thermistor N open (broken wire)",
     "ntc_short": "thermistor N shorted",
@@ -152,6 +153,23 @@ class BoardReset(BaseException):
     """machine.reset() was called; the board resets (see WatchdogReset)."""
 
 
+def board_cells(board):
+    """How many cells the board can measure."""
+    taps = board.get("cell_taps")
+    return len(taps) if taps else board["cells"]
+
+
+def ntc_ohm(cfg, temp_c, is_open=False, is_short=False):
+    """Resistance of a Beta-model NTC (board "ntc" entry) at temp_c."""
+    if is_short:
+        return 0.0
+    if is_open:
+        return float("inf")
+    t = temp_c + 273.15
+    t0 = cfg.get("t0_c", 25) + 273.15
+    return cfg["r0"] * math.exp(cfg["beta"] * (1.0 / t - 1.0 / t0))
+
+
 def load_board(path):
     """Parse a board definition file (JSON) into a dict."""
     import json
@@ -167,9 +185,7 @@ def ntc_pin_mv(cfg, temp_c, is_open=False, is_short=False):
         return 0.0
     if is_open:  # R infinite: only the pull-up remains
         return float(vref)
-    t = temp_c + 273.15
-    t0 = cfg.get("t0_c", 25) + 273.15
-    r = cfg["r0"] * math.exp(cfg["beta"] * (1.0 / t - 1.0 / t0))
+    r = ntc_ohm(cfg, temp_c)
     return vref * r / (r + cfg["pullup"])
 
 
@@ -217,8 +233,8 @@ class SimWorld:
 
         # --- the pack and what drives its current ---
         self.pack = pack if pack is not None else default_pack(board)
-        if self.pack.n > len(board["cell_taps"]):
-            raise ValueError("board %s measures at most %d cells" % (board.get("name"), len(board["cell_taps"])))
+        if self.pack.n > board_cells(board):
+            raise ValueError("board %s measures at most %d cells" % (board.get("name"), board_cells(board)))
         self.sources = []  # sources.py objects (a scenario's profile)
         self.manual_ma = None  # set_current(): an ideal current source replacing the sources
         self.day_start_s = 0.0  # time of day at virtual t = 0 (for the profiles)
@@ -255,6 +271,7 @@ class SimWorld:
         self.faults = {}  # active fault name -> its argument (cell/sensor number)
         self._frozen = {}  # input number -> mV held by stuck_cell
         self._flips = 0  # bit errors injected by afe_crc so far
+        self._xfers = {}  # fault name -> front-end transfers seen while it was on (for its rate)
 
         # --- GPIO state, per pin number (shared by every Pin object) ---
         self.pin_out = {}  # levels the MCU actually drives: {pin: 0/1}
@@ -302,6 +319,8 @@ class SimWorld:
         self.spi_devices = {}  # {bus id: [device]}
         self.i2c_devices = {}  # {bus id: {address: device}}
         self.spi_buses = {}  # {bus id: {"sck":, "mosi":, "miso":}} as the firmware set them up
+        self.afe_chip = None  # the front-end chip model (tools/sim/chips), if the board has one
+        self.current_chip = None  # a separate current monitor chip model (INA226)
 
         self._map_circuit()
         self._draw_input_errors(sensors)
@@ -336,6 +355,9 @@ class SimWorld:
         self._mux = b.get("mux")
         taps = b.get("cell_taps") or []
         self._in_scale = [1.0 / t["scale"] for t in taps]
+        if not taps:  # a front-end chip measures each cell at its own input
+            self._diff = True
+            self._in_scale = [1.0] * board_cells(b)
         self._mux_map = []  # mux address -> cell-measurement input, -1: nothing wired
         kind = "cell" if self._diff else "tap"
         for k, tap in enumerate(taps):
@@ -354,11 +376,12 @@ class SimWorld:
                 self.watch_pin(p, self._on_select)
         if b.get("pack_tap"):
             self._analog[b["pack_tap"]["pin"]] = ("pack", 0)
-        if b.get("current"):
+        if b.get("current") and "pin" in b["current"]:
             self._analog[b["current"]["pin"]] = ("current", 0)
         for i, cfg in enumerate(b.get("ntc") or []):
-            self._analog[cfg["pin"]] = ("ntc", i)
-        if b.get("board_ntc"):
+            if "pin" in cfg:  # else on a chip's input (world.ntc_ohm)
+                self._analog[cfg["pin"]] = ("ntc", i)
+        if b.get("board_ntc") and "pin" in b["board_ntc"]:
             self._analog[b["board_ntc"]["pin"]] = ("board_ntc", 0)
 
         # Pins whose level changes what flows (FET gates, bleeders).
@@ -391,6 +414,19 @@ class SimWorld:
         if alert:
             self.pin_in[alert["pin"]] = 1 if alert.get("active_low", True) else 0
         self._alert_trip_ma = alert.get("trip_ma") if alert else None
+        if alert and (alert.get("source") or alert.get("means") == "chip"):
+            self._alert_trip_ma = None  # a chip model drives the line, not the board's comparator
+
+        # Chip models on the board's buses (tools/sim/chips).
+        kind = b.get("afe")
+        if kind in ("bq769x0", "bq769x2", "ltc681x"):
+            mod = __import__("chips." + kind, None, None, [kind])
+            self.afe_chip = mod.attach(self, b)
+        cur = b.get("current") or {}
+        if "ina226" in cur:
+            from chips import ina226
+
+            self.current_chip = ina226.attach(self, b)
 
     # ------------------------------------------------------------------
     # Pack, sources and sensors (what a test, run.py or a scenario sets)
@@ -452,8 +488,13 @@ class SimWorld:
         return (self.day_start_s + self.now_ms / 1000.0) % 86400.0
 
     def fet_on(self, name):
-        """True if FET `name` ("chg"/"dsg") conducts, from its gate GPIO."""
+        """True if FET `name` ("chg"/"dsg") conducts, from its gate GPIO or
+        from the front-end chip that drives the gates."""
         fets = self.board.get("fets") or {}
+        if fets.get("driver") == "afe":
+            if name == "precharge" and fets.get("precharge") != "afe":
+                return False
+            return bool(self.afe_chip.fet_on(name))
         pin = fets.get(name)
         if pin is None:  # no such switch on this board: nothing blocks
             return True
@@ -482,7 +523,41 @@ class SimWorld:
                     mask |= 1 << k
         elif self.shift595 is not None and self.shift595.enabled():
             mask = self.shift595.latched
+        elif self.afe_chip is not None:
+            mask = self.afe_chip.bleed_mask()
         return mask & ((1 << self.pack.n) - 1)  # outputs beyond the pack bridge no cell
+
+    # What chip models measure (tools/sim/chips/README.md).
+
+    def cell_input_mv(self, k):
+        """mV at the measurement input of pack cell k (0-based), with that
+        input's error or its frozen value; 0.0 past the pack's last cell."""
+        self._refresh()
+        return self._in_mv[k] if k < self.pack.n else 0.0
+
+    def sensed_current_ma(self):
+        """mA through the shunt as a sensor sees it (+ = charging)."""
+        self._refresh()
+        return self.current_a * 1000.0 * self.shunt_gain + self.shunt_offset_ma
+
+    def pack_terminal_mv(self):
+        """Sum of the cell terminal voltages (mV)."""
+        self._refresh()
+        total = 0.0
+        for v in self._cell_mv:
+            total += v
+        return total
+
+    def ntc_ohm(self, i):
+        """Resistance of thermistor board["ntc"][i] now (inf open, 0 shorted)."""
+        return ntc_ohm(self.board["ntc"][i], self.sensor_temp_c(i), self.ntc_open[i], self.ntc_short[i])
+
+    def board_ntc_ohm(self):
+        return ntc_ohm(self.board["board_ntc"], self.board_temp(), self.board_ntc_open, self.board_ntc_short)
+
+    def time_us(self):
+        """Virtual microseconds since the simulation began (not reset by an MCU reset)."""
+        return self.now_ms * 1000 + self._us
 
     def cell_true_mv(self, k):
         """Terminal voltage of cell k (0-based) now, as a voltmeter would read it."""
@@ -611,15 +686,25 @@ class SimWorld:
         if name == "afe_crc" and on and not self.has_afe_link():
             raise ValueError("afe_crc: board %s reads its cells by ADC, it has no checksummed front-end link"
                              % self.board.get("name"))
-        top = {"ntc_open": len(self.ntc_open), "ntc_short": len(self.ntc_open), "stuck_cell": self.pack.n}.get(name)
+        if name == "afe_reset":
+            if on:
+                chip = self.afe_chip or self.current_chip
+                if chip is None:
+                    raise ValueError("afe_reset: board %s has no front-end chip" % self.board.get("name"))
+                chip.power_on_reset()
+                self.changed()
+            return
+        top = {"ntc_open": len(self.ntc_open), "ntc_short": len(self.ntc_open), "stuck_cell": self.pack.n,
+               "afe_crc": 100, "afe_nack": 100}.get(name)
         if top is None and arg is not None:
             raise ValueError("%s takes no cell or sensor number" % name)
         if arg is not None and not 1 <= arg <= top:
-            raise ValueError("%s: %s number out of range (1..%d)" % (
-                name, "cell" if name == "stuck_cell" else "thermistor", top))
+            what = {"stuck_cell": "cell", "afe_crc": "rate (%)", "afe_nack": "rate (%)"}.get(name, "thermistor")
+            raise ValueError("%s: %s out of range (1..%d)" % (name, what, top))
         if on:
             if top is not None and arg is None:
-                arg = 1
+                arg = 100 if name in ("afe_crc", "afe_nack") else 1
+            self._xfers[name] = 0
             if name in self.faults:
                 if self.faults[name] != arg:
                     raise ValueError("%s is already on for %d; turn it off first" % (name, self.faults[name]))
@@ -664,11 +749,20 @@ class SimWorld:
             for c in chargers:
                 c.cv_failed = on
 
+    def _hits(self, name):
+        # Is this front-end transfer hit by fault `name` (on at a rate of
+        # N %)? Exactly N of every 100 transfers, spread evenly, so runs repeat.
+        pct = self.faults.get(name)
+        if pct is None:
+            return False
+        n = self._xfers[name] = self._xfers[name] + 1
+        return (n * pct) // 100 != ((n - 1) * pct) // 100
+
     def _front_end_access(self):
         # Every ADC read goes through here: a failed or hung front-end.
         if "firmware_hang" in self.faults:
             self._hang()
-        if "afe_nack" in self.faults:
+        if self._hits("afe_nack"):
             raise OSError(ETIMEDOUT)
 
     def _hang(self):
@@ -877,9 +971,13 @@ class SimWorld:
             if dev.cs is None or self.read_pin(dev.cs) == 0:
                 if self.faults and not self._front_end_access_bus(dev):
                     continue  # a front-end that does not answer leaves MISO to the pull-up
-                got = dev.spi_transfer(bytes(tx))
-                if "afe_crc" in self.faults and getattr(dev, "afe", False) and got:
-                    got = self._corrupt(got)
+                hit = getattr(dev, "afe", False) and self._hits("afe_crc")
+                if hit and self._flips % 2:  # every other bit error on MOSI: the chip's check sees it
+                    got = dev.spi_transfer(self._corrupt(tx))
+                else:
+                    got = dev.spi_transfer(bytes(tx))
+                    if hit and got:
+                        got = self._corrupt(got)
                 if dev.cs is not None and rx is None:
                     rx = got
         return rx if rx is not None else b"\xff" * len(tx)
@@ -891,7 +989,7 @@ class SimWorld:
             return True
         if "firmware_hang" in self.faults:
             self._hang()
-        return "afe_nack" not in self.faults
+        return not self._hits("afe_nack")
 
     def _i2c_nack(self):
         raise OSError(ENODEV if self.esp32 else EIO)
@@ -906,7 +1004,10 @@ class SimWorld:
         """Start, address+W, data: number of data bytes acknowledged.
         Raises OSError when the address is not acknowledged."""
         dev = self.i2c_dev(bus, addr)
-        n = -1 if dev is None else dev.i2c_write(bytes(data), stop)
+        data = bytes(data)
+        if dev is not None and getattr(dev, "afe", False) and len(data) > 1 and self._hits("afe_crc"):
+            data = self._corrupt(data)  # on the way to the chip: its CRC check refuses it
+        n = -1 if dev is None else dev.i2c_write(data, stop)
         if n < 0:
             self._i2c_nack()
         return n
@@ -916,7 +1017,7 @@ class SimWorld:
         data = None if dev is None else dev.i2c_read(n, stop)
         if data is None:
             self._i2c_nack()
-        if "afe_crc" in self.faults and getattr(dev, "afe", False) and data:
+        if getattr(dev, "afe", False) and data and self._hits("afe_crc"):
             data = self._corrupt(data)
         return data
 

@@ -14,6 +14,14 @@ HW_SCD = const(1)  # short circuit seen by the front-end or its alert pin
 HW_OCD = const(2)
 HW_OV = const(4)
 HW_UV = const(8)
+HW_OT = const(16)  # the chip's own over-temperature protection
+HW_OTHER = const(32)  # any other protection the chip acted on by itself
+
+
+class ChipReset(OSError):
+    """read() saw the chip come out of a reset (power-on defaults, a lost
+    configuration): the core calls init() and configure_protection() again.
+    Nothing it read in that call is used."""
 
 
 class Measurements:
@@ -49,16 +57,27 @@ class Afe:
     no_adjacent_balancing = False
     has_precharge = False
     current_max_ma = 0
+    can_balance = False
+    # Link health, counted by the driver and shown in status (errors).
+    # Small ints: a driver caps them below 2**30.
+    crc_errors = 0  # replies whose CRC/PEC was wrong, and writes the chip NACKed for a bad CRC
+    bus_errors = 0  # transfers that raised OSError (NACK, timeout)
 
     def init(self, n_cells):
         """Configure the chip for n_cells populated cells; FETs off."""
         raise NotImplementedError
 
     def read(self, m):
-        """Fill m. True: new complete reading; False: none ready yet. OSError: comm failure."""
+        """Fill m. True: new complete reading; False: none ready yet (a chip
+        whose conversions stopped returns False, it never repeats old values
+        as new). OSError: comm failure after the driver's own bounded
+        retries of the transfer that failed; ChipReset: the chip lost its
+        configuration. Allocates nothing."""
         raise NotImplementedError
 
     def set_fets(self, chg, dsg, pchg=False):
+        """Drive the FETs. Called every tick. An OSError means the FET state
+        is unknown; a chip whose own protection holds a FET off keeps it off."""
         raise NotImplementedError
 
     def set_balancing(self, mask):

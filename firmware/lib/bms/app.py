@@ -6,11 +6,13 @@ import time
 from micropython import const, schedule
 
 from bms import config
-from bms.afe import Measurements, NTC_OK, HW_SCD
+from array import array
+
+from bms.afe import Measurements, ChipReset, NTC_OK, HW_SCD, HW_OCD, HW_OV, HW_UV, HW_OT, HW_OTHER
 from bms.balancing import Balancer
 from bms.fets import Fets, BOOT
 from bms.protection import (
-    Protection, build_table, CHG, DSG, SCD, SENSOR,
+    Protection, build_table, CHG, DSG, SCD, SENSOR, CELL_OV, CELL_UV, OCD2, OTC, OTD,
     Q_CELL_MAX, Q_CELL_MIN, Q_I_CHG, Q_I_DSG, Q_T_MAX, Q_T_MIN, Q_T_BOARD,
     Q_SCD, Q_SENSOR, Q_COMM, Q_CONFIG,
 )
@@ -26,6 +28,11 @@ _TEMP_MAX_DC = const(1250)
 _PACK_TOL_MV = const(250)
 _COUNT_MAX = const(0x3FFFFFFF)
 _DT_MAX_MS = const(2000)
+# Frozen inputs: see Bms._frozen.
+_FROZEN_MS = const(1000)
+_FROZEN_MV = const(10)
+_STILL_MV = const(3)
+HW_NAMES = ((HW_SCD, "scd"), (HW_OCD, "ocd"), (HW_OV, "ov"), (HW_UV, "uv"), (HW_OT, "ot"), (HW_OTHER, "other"))
 
 
 class Bms:
@@ -49,6 +56,13 @@ class Bms:
             # FETs held open by the config row until a config is saved.
             cfg = self.fallback_config(cfg["chemistry"] if cfg else "lfp", afe, board_defaults)
         self.m = Measurements(afe.max_cells, afe.n_temps, afe.has_board_temp)
+        self.frozen_cell = 0  # 1-based cell whose reading froze (0: none)
+        n = afe.max_cells
+        self._ref = array("i", [0] * n)  # each cell's reading a second ago
+        self._ref2 = array("i", [0] * n)  # and two seconds ago
+        self._strikes = bytearray(n)  # 1: it stood still while the pack stepped
+        self._window = 0  # ticks into the second
+        self._primed = False  # _ref and _ref2 hold readings
         self.prot = Protection(build_table(cfg))
         self.fets = Fets(afe.has_precharge)
         self.bal = Balancer(cfg["cells"], getattr(afe, "can_balance", False), afe.no_adjacent_balancing)
@@ -65,6 +79,9 @@ class Bms:
         self._ms = 0
         self._last_ms = self._clock()
         self.comm_errors = 0
+        self.chip_resets = 0  # the front-end lost its configuration and was set up again
+        self.reinit_pending = False  # it did, and setting it up again has not worked yet
+        self.hw_seen = 0  # HW_* bits the front-end reported on the last reading
         self.tick_errors = 0
         self.missed_ticks = 0
         self.last_error = ""
@@ -113,6 +130,7 @@ class Bms:
             raise config.ConfigError(why)
         if cfg["cells"] != self.n_cells:
             self.afe.init(cfg["cells"])
+            self._forget_frozen()
         self.fets.configure(cfg)
         self.bal.configure(cfg, cfg["cells"])
         if self.cfg is None or cfg["capacity_mah"] != self.cfg["capacity_mah"]:
@@ -221,10 +239,24 @@ class Bms:
         q = p.q
         qv = p.qvalid
         comm_ok = True
+        fresh = False
         try:
+            if self.reinit_pending:
+                self._reinit()
             fresh = self.afe.read(m)
+        except ChipReset:
+            # Its registers are back at power-on values (FETs off, its own
+            # protection at defaults): set it up again now, and read next tick.
+            if self.chip_resets < _COUNT_MAX:
+                self.chip_resets += 1
+            # What happened while it was down is unknown: FETs stay open
+            # until the sensor row has seen good readings for its delay.
+            self.prot.trip_now(SENSOR)
+            try:
+                self._reinit()
+            except OSError:
+                comm_ok = False
         except OSError:
-            fresh = False
             comm_ok = False
             if self.comm_errors < _COUNT_MAX:
                 self.comm_errors += 1
@@ -236,6 +268,7 @@ class Bms:
         if fresh:
             self.have_data = True
             valid = self._quantities(m, q, qv)
+            self._hw_faults(m.hw_faults)
         else:
             # Nothing new: value rows hold; a missing reading is a sensor fault.
             for k in range(Q_SENSOR):  # the measured quantities come first
@@ -260,6 +293,84 @@ class Bms:
         self.valid = valid
         return valid
 
+    def _reinit(self):
+        # Raises OSError (still pending) if the chip cannot be set up.
+        self.reinit_pending = True
+        self.afe.init(self.n_cells)
+        self.afe.configure_protection(self.cfg)
+        self.reinit_pending = False
+        self._forget_frozen()
+
+    def _hw_faults(self, hw):
+        # The chip's own protection has acted on a FET: the firmware's row
+        # for it trips too, so the FET is not switched back on behind the
+        # chip's back, and recovers by the row's own hysteresis and delay.
+        self.hw_seen = hw
+        if not hw & ~HW_SCD:  # SCD is a quantity of its own (latched row)
+            return
+        p = self.prot
+        if hw & HW_OV:
+            p.trip_now(CELL_OV)
+        if hw & HW_UV:
+            p.trip_now(CELL_UV)
+        if hw & HW_OCD:
+            p.trip_now(OCD2)
+        if hw & HW_OT:
+            p.trip_now(OTC)
+            p.trip_now(OTD)
+        if hw & HW_OTHER:
+            p.trip_now(SENSOR)
+
+    def _forget_frozen(self):
+        for k in range(len(self._strikes)):
+            self._strikes[k] = 0
+        self._primed = False
+        self.frozen_cell = 0
+
+    def _frozen(self, cells, n):
+        """1-based number of a cell whose reading is frozen, or 0.
+
+        A series string carries one current: when it steps, every cell's
+        reading steps by its IR drop. Once a second the readings are
+        compared with those of two seconds before; if every other cell
+        moved by _FROZEN_MV or more, and their average did too, a cell that
+        stayed within _STILL_MV has a dead input. It stays flagged until its
+        reading moves again or 'clear' (after a repair): with the FETs open
+        the pack rests, and a resting pack says nothing either way."""
+        old = self._ref2
+        prev = self._ref
+        if not self._primed:  # the first reading since boot or a re-init
+            for k in range(n):
+                old[k] = prev[k] = cells[k]
+            self._primed = True
+            self._window = 0
+            return 0
+        self._window += 1
+        if self._window < _FROZEN_MS // self.cfg["tick_ms"]:
+            return self.frozen_cell
+        self._window = 0
+        moved = 0
+        total = 0
+        for k in range(n):
+            d = cells[k] - old[k]
+            total += d
+            if d >= _FROZEN_MV or d <= -_FROZEN_MV:
+                moved += 1
+        step = total >= _FROZEN_MV * n or total <= -_FROZEN_MV * n
+        found = 0
+        for k in range(n):
+            d = cells[k] - old[k]
+            if -_STILL_MV <= d <= _STILL_MV:
+                if step and n >= 3 and moved == n - 1 and not self._strikes[k]:
+                    self._strikes[k] = 1
+            else:
+                self._strikes[k] = 0
+            if self._strikes[k] and not found:
+                found = k + 1
+            old[k] = prev[k]  # two seconds back, for the next comparison
+            prev[k] = cells[k]
+        return found
+
     def _quantities(self, m, q, qv):
         """Fill the table's quantities from a fresh reading; True if all plausible."""
         n = self.n_cells
@@ -274,6 +385,9 @@ class Bms:
             if v < lo:
                 lo = v
         ok = _CELL_MIN_MV <= lo and hi <= _CELL_MAX_MV
+        self.frozen_cell = self._frozen(cells, n)
+        if self.frozen_cell:
+            ok = False
         if ok and self.afe.pack_measured:
             d = total - m.pack_mv
             ok = -_PACK_TOL_MV <= d <= _PACK_TOL_MV
@@ -341,6 +455,7 @@ class Bms:
     def clear(self):
         """Release latched faults: (how many released, names still present)."""
         keep = 0 if self.afe.clear_faults() else 1 << SCD
+        self._forget_frozen()
         return self.prot.clear_latched(keep), self.prot.names_in(keep)
 
     def reset(self):

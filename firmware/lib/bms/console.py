@@ -39,7 +39,7 @@ _FET_BITS = {"chg": CHG, "dsg": DSG, "all": BOTH}
 # order of their own); other keys follow sorted.
 _KEY_ORDER = ("state", "cells_mv", "pack_mv", "current_ma", "temps_c", "board_c", "soc_pct", "chg", "dsg",
               "pchg", "precharge_failed", "faults", "warnings", "balancing", "uptime_s", "errors",
-              "reset_cause", "config_problem",
+              "hw_faults", "reset_cause", "config_problem",
               "name", "unit", "above", "trip", "delay_ticks", "warn", "recover", "recover_ticks", "latch", "opens")
 
 
@@ -236,7 +236,7 @@ class Console:
         t = trips(self.bms)
         if as_json:
             self._json({"faults": s["faults"], "warnings": s["warnings"], "trips": t,
-                        "errors": s["errors"], "config_problem": self.bms.config_problem or None})
+                        "errors": s["errors"], "hw_faults": s["hw_faults"], "config_problem": self.bms.config_problem or None})
             return
         p = self.bms.prot
         if not s["faults"]:
@@ -248,7 +248,12 @@ class Console:
         self.out("warnings: %s" % (", ".join(s["warnings"]) or "none"))
         self.out("trips since boot: %s" % (", ".join("%s %d" % kv for kv in t.items()) or "none"))
         e = s["errors"]
-        self.out("errors: comm %d  tick %d  missed ticks %d" % (e["comm"], e["tick"], e["missed"]))
+        self.out("errors: comm %d  crc %d  bus %d  chip resets %d  tick %d  missed ticks %d" % (
+            e["comm"], e["crc"], e["bus"], e["chip_resets"], e["tick"], e["missed"]))
+        if s["hw_faults"]:
+            self.out("front-end protection acted: " + ", ".join(s["hw_faults"]))
+        if self.bms.frozen_cell:
+            self.out("cell %d reading frozen" % self.bms.frozen_cell)
         if self.bms.last_error:
             self.out("last tick error: " + self.bms.last_error)
         if self.bms.config_problem:

@@ -8,6 +8,12 @@ def _temp(dc, status):
     return dc / 10 if status == NTC_OK else None
 
 
+def hw_names(bits):
+    from bms.app import HW_NAMES
+
+    return [name for bit, name in HW_NAMES if bits & bit]
+
+
 def snapshot(bms):
     # The tick may run between any two bytecodes: retry until one tick's
     # values were copied without a tick in between.
@@ -39,12 +45,16 @@ def _take(bms):
         "warnings": p.names(p.warning),
         "balancing": bms.bal.cells(),
         "uptime_s": bms.uptime_s,
-        "errors": {"comm": bms.comm_errors, "tick": bms.tick_errors, "missed": bms.missed_ticks},
+        "errors": {"comm": bms.comm_errors, "crc": bms.afe.crc_errors, "bus": bms.afe.bus_errors,
+                   "chip_resets": bms.chip_resets, "tick": bms.tick_errors, "missed": bms.missed_ticks},
+        "hw_faults": hw_names(bms.hw_seen),
         "reset_cause": bms.reset_cause,
     }
     if f.has_precharge:
         s["pchg"] = f.pchg
         s["precharge_failed"] = f.precharge_failed
+    if bms.frozen_cell:
+        s["frozen_cell"] = bms.frozen_cell
     if bms.config_problem:
         s["config_problem"] = bms.config_problem
     return s
