@@ -34,10 +34,17 @@ def _adc_max_uv(spec):
     return _ATTEN[db][1] if db is not None else spec.get("vref_uv", 3300000)
 
 
+# Front-end chips: board "afe" -> driver module, each with from_board(b, machine).
+_CHIPS = ("bq769x0", "bq769x2", "ltc681x")
+
+
 def build_afe(b):
     kind = b["afe"]
     if kind == "adc_direct":
         return _adc_direct(b)
+    if kind in _CHIPS:
+        mod = __import__("bms.drivers." + kind, None, None, [kind])
+        return mod.from_board(b, machine)
     raise ValueError("unknown afe '%s' in board %s" % (kind, b.get("name")))
 
 
@@ -70,12 +77,23 @@ def _adc_direct(b):
         return ch(t["pin"])
 
     taps = [(tap_ch(t), Linear(t["scale"], t.get("offset_mv", 0))) for t in b["cell_taps"]]
-    pt = b.get("pack_tap")
-    pack = (ch(pt["pin"]), Linear(pt["scale"], pt.get("offset_mv", 0))) if pt else None
-    pack_max_mv = int(top * pt["scale"]) // 1000 * 99 // 100 if pt else 0  # below its saturation
     c = b["current"]
-    # mA = (pin mV - zero mV) * ma_per_mv: fold the zero into the offset.
-    current = (ch(c["pin"]), Linear(c["ma_per_mv"], -int(c["zero_mv"] * c["ma_per_mv"])))
+    if "ina226" in c:  # a current monitor chip on I2C (it may measure the pack too)
+        from bms.drivers.ina226 import from_board_current
+
+        current = from_board_current(b, machine)
+    else:
+        # mA = (pin mV - zero mV) * ma_per_mv: fold the zero into the offset.
+        current = (ch(c["pin"]), Linear(c["ma_per_mv"], -int(c["zero_mv"] * c["ma_per_mv"])))
+    pt = b.get("pack_tap")
+    if pt and "ina226" in pt:
+        if not isinstance(current, tuple) and pt["ina226"] == "bus":
+            pack, pack_max_mv = current, 36000 * 99 // 100  # INA226 VBUS: 0-36 V
+        else:
+            raise ValueError("pack_tap: the INA226 bus input needs the INA226 as current sensor")
+    else:
+        pack = (ch(pt["pin"]), Linear(pt["scale"], pt.get("offset_mv", 0))) if pt else None
+        pack_max_mv = int(top * pt["scale"]) // 1000 * 99 // 100 if pt else 0  # below its saturation
 
     def ntc(s):
         return ch(s["pin"]), Ntc(s.get("r0", 10000), s.get("beta", 3950), s["pullup"], s.get("vref_mv", 3300),
@@ -91,7 +109,7 @@ def _adc_direct(b):
     alert_pin = Pin(al["pin"], Pin.IN) if al else None
     afe = AdcDirect(taps, current, ntcs, board_ntc, _off_pin(f["chg"], hi), _off_pin(f["dsg"], hi),
                     pchg, bleeders, hi, alert_pin, al.get("active_low", True) if al else True, c.get("max_ma", 0),
-                    inputs == "differential", pack, pack_max_mv)
+                    inputs == "differential", pack, pack_max_mv, al.get("trip_ma", 0) if al else 0)
     if alert_pin is not None:
         trig = Pin.IRQ_FALLING if al.get("active_low", True) else Pin.IRQ_RISING
         try:

@@ -102,7 +102,7 @@ _V = None  # marker: range is the chemistry's absolute voltage limits
 
 # key: (min, max). Every key is an int except "chemistry".
 SCHEMA = {
-    "cells": (1, 16),
+    "cells": (1, 48),  # the board may allow fewer (Bms.board_problem)
     "capacity_mah": (100, 2000000),
     "tick_ms": (20, 1000),
     "cell_ov_mv": _V,

@@ -163,14 +163,18 @@ def _ntc_status(t, saturated):
 class AdcDirect(Afe):
     def __init__(self, taps, current, ntcs, board_ntc, chg_pin, dsg_pin, pchg_pin=None,
                  bleeders=None, active_high=True, alert_pin=None, alert_active_low=True, current_max_ma=0,
-                 differential=False, pack=None, pack_max_mv=0):
+                 differential=False, pack=None, pack_max_mv=0, alert_trip_ma=0):
         """taps: [(Channel, Linear)] in mV, lowest cell first: cumulative tap
         voltages, or with differential=True each cell's own voltage.
-        current: (Channel, Linear) giving mA, positive = charging.
+        current: (Channel, Linear) giving mA, positive = charging, or a
+        current monitor chip (drivers/ina226.Ina226) that may also be `pack`
+        (its bus input on the pack) and raise the alert.
         ntcs: [(Channel, Ntc)]; board_ntc: (Channel, Ntc) or None.
         bleeders: PinBleeders, ShiftBleeders or None.
         pack: (Channel, Linear) of a pack-voltage divider, or None;
         pack_max_mv: the highest pack voltage it reads below saturation.
+        alert_trip_ma: the discharge current at which a current monitor chip
+        raises the alert (the board's short-circuit threshold).
         """
         self.taps = taps
         self.differential = differential
@@ -178,6 +182,10 @@ class AdcDirect(Afe):
         self.pack_measured = pack is not None
         self.pack_max_mv = pack_max_mv
         self.current = current
+        self.ina = None if isinstance(current, tuple) else current
+        self.alert_trip_ma = alert_trip_ma
+        if self.ina is not None:
+            current_max_ma = current_max_ma or self.ina.current_max_ma
         self.ntcs = ntcs
         self.board_ntc = board_ntc
         self.chg_pin = chg_pin
@@ -205,6 +213,24 @@ class AdcDirect(Afe):
         self.n_cells = n_cells
         self.set_fets(False, False)
         self.set_balancing(0)
+        if self.ina is not None:
+            self.ina.init()  # OSError: not there; the core retries
+
+    @property
+    def crc_errors(self):
+        return self.ina.crc_errors if self.ina is not None else 0
+
+    @property
+    def bus_errors(self):
+        return self.ina.bus_errors if self.ina is not None else 0
+
+    def configure_protection(self, cfg):
+        # Only a current monitor chip is programmable: its alert is the
+        # short-circuit comparator (the alert pin's interrupt opens the FETs).
+        if self.ina is None or not self.alert_trip_ma:
+            return {}
+        self.ina.set_alert_ma(self.alert_trip_ma)
+        return {"scd_ma": self.alert_trip_ma}
 
     def alert_handler(self):
         """The callable to attach to the alert pin's IRQ."""
@@ -232,14 +258,26 @@ class AdcDirect(Afe):
             else:
                 cells[i] = 0 if ch.saturated else v - prev
                 prev = v
-        if self.pack is not None:
+        ina = self.ina
+        if ina is not None:
+            # Between its conversions the last one stands; it converts
+            # several times per tick, so a tick never reads a stale value
+            # for long. OSError / ChipReset go to the core.
+            ina.read()
+            m.current_ma = ina.current_ma
+            if ina.alert:
+                self._alert[0] = 1
+        else:
+            ch, lin = self.current
+            m.current_ma = lin.apply(ch.uv())
+        if self.pack is ina and ina is not None:
+            m.pack_mv = ina.bus_mv
+        elif self.pack is not None:
             ch, lin = self.pack
             v = lin.apply(ch.uv())
             m.pack_mv = 0 if ch.saturated else v  # 0 fails the cell-sum check
         else:
             m.pack_mv = prev
-        ch, lin = self.current
-        m.current_ma = lin.apply(ch.uv())
         for i in range(self.n_temps):
             ch, ntc = self.ntcs[i]
             t = ntc.convert(ch.uv() // 1000)
@@ -283,6 +321,8 @@ class AdcDirect(Afe):
         # flag again, and a comparator still asserting means the short is
         # still there. Returns True if the hardware fault is gone.
         self._alert[0] = 0
+        if self.ina is not None and not self.ina.clear_alert():
+            self._alert[0] = 1
         p = self._alert_pin
         if p is not None and p.value() != self._alert_idle:
             self._alert[0] = 1
