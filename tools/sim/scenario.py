@@ -45,7 +45,7 @@ _EXPECT = {
     "cell_min_above": (("mv",), ()),
     "spread_below": (("mv",), ()),
     "resets": ((), ("min", "max", "cause")),
-    "fet_state": (("at_s",), ("chg", "dsg")),
+    "fet_state": (("at_s",), ("chg", "dsg", "until_s")),
     "balanced": ((), ("min_cells",)),
 }
 # A calibrated ESP32 board: 1 mV of noise per reading, and per input about
@@ -166,6 +166,10 @@ def _check_expect(e, where):
     if kind == "fet_state":
         if e["at_s"] != "end":
             _num(e, "at_s", where, 0, 1e9, True)
+        if "until_s" in e:
+            if e["at_s"] == "end":
+                raise ScenarioError("%s: until_s needs a numeric at_s" % where)
+            _num(e, "until_s", where, e["at_s"], 1e9, True)
         if "chg" not in e and "dsg" not in e:
             raise ScenarioError("%s: fet_state needs chg and/or dsg" % where)
         for k in ("chg", "dsg"):
@@ -424,7 +428,8 @@ def describe(e):
         return "board resets %s..%s%s" % (e.get("min", 0), e.get("max", "any"),
                                           " (%s)" % e["cause"] if e.get("cause") else "")
     if k == "fet_state":
-        return "at %s: %s" % (e["at_s"], ", ".join("%s %s" % (f.upper(), "on" if e[f] else "off")
+        return "%s %s: %s" % ("from" if "until_s" in e else "at", e["at_s"] if "until_s" not in e else "%g to %g s" % (
+            e["at_s"], e["until_s"]), ", ".join("%s %s" % (f.upper(), "on" if e[f] else "off")
                                                    for f in ("chg", "dsg") if f in e))
     return "balancing on at least %d cell(s)" % e.get("min_cells", 1)
 
@@ -493,9 +498,15 @@ class _Expect:
             v = min(w.cell_true_mv(i) for i in range(w.pack.n))
             if self.extreme is None or v < self.extreme:
                 self.extreme = v
-        elif k == "fet_state" and not self.done and self.e["at_s"] != "end" and t >= self.e["at_s"]:
-            self.extreme = (w.fet_on("chg"), w.fet_on("dsg"))
-            self.done = True
+        elif k == "fet_state" and self.e["at_s"] != "end" and t >= self.e["at_s"]:
+            if not self.done:
+                self.extreme = (w.fet_on("chg"), w.fet_on("dsg"))
+                self.done = True
+            elif self.worst is None and t <= self.e.get("until_s", -1):
+                st = (w.fet_on("chg"), w.fet_on("dsg"))
+                if not _state_is(self.e, st):
+                    self.worst = t  # the first moment it was not so
+                    self.extreme = st
 
     def judge(self, r):
         """(passed, detail) at the end; r is the Runner."""
@@ -565,14 +576,18 @@ class _Expect:
             if self.extreme is None:
                 return False, "never reached t=%s" % e["at_s"]
             chg, dsg = self.extreme
-            ok = e.get("chg", chg) == chg and e.get("dsg", dsg) == dsg
-            return ok, "CHG %s, DSG %s" % ("on" if chg else "off", "on" if dsg else "off")
+            return _state_is(e, self.extreme), "CHG %s, DSG %s%s" % (
+                "on" if chg else "off", "on" if dsg else "off", "" if self.worst is None else " at t=%.3f s" % self.worst)
         n = r.most_bleeding
         if r.bleed_mismatch:
             return False, "%d sample(s) where the cells reported bleeding were not the ones bleeding, first %s" % (
                 r.bleed_mismatch, r.bleed_mismatch_at)
         return n >= e.get("min_cells", 1) and r.bled, "up to %d cell(s) at once reported; bleeders %s" % (
             n, "conducted" if r.bled else "never conducted")
+
+
+def _state_is(e, st):
+    return e.get("chg", st[0]) == st[0] and e.get("dsg", st[1]) == st[1]
 
 
 def _last_change(w, fet, t):
