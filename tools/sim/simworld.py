@@ -699,7 +699,7 @@ class SimWorld:
         if top is None and arg is not None:
             raise ValueError("%s takes no cell or sensor number" % name)
         if arg is not None and not 1 <= arg <= top:
-            what = {"stuck_cell": "cell", "afe_crc": "rate (%)", "afe_nack": "rate (%)"}.get(name, "thermistor")
+            what = {"stuck_cell": "cell number", "afe_crc": "rate (%)", "afe_nack": "rate (%)"}.get(name, "thermistor number")
             raise ValueError("%s: %s out of range (1..%d)" % (name, what, top))
         if on:
             if top is not None and arg is None:
