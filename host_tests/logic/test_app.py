@@ -322,3 +322,18 @@ def test_status_shows_link_counters_and_frozen_cell():
     s = snapshot(bms)
     assert s["errors"]["crc"] == 7 and s["errors"]["bus"] == 2 and s["errors"]["chip_resets"] == 0
     assert s["frozen_cell"] == 4 and s["hw_faults"] == []
+
+
+def test_a_silent_front_end_is_set_up_again_every_5_s_until_it_answers():
+    bms, afe = _closed_bms()
+    inits = afe.inits
+    afe.fail = OSError(19)
+    run(bms, 49)
+    assert afe.inits == inits and not afe.chg and "afe_comm" in bms.prot.names(bms.prot.active)
+    run(bms, 2)  # 5 s silent: the next tick sets it up again first
+    assert afe.inits == inits + 1
+    run(bms, 50)
+    assert afe.inits == inits + 2
+    afe.fail = None
+    run(bms, 25)
+    assert afe.chg and afe.dsg and afe.inits == inits + 2

@@ -29,6 +29,7 @@ _PACK_TOL_MV = const(250)
 _COUNT_MAX = const(0x3FFFFFFF)
 _DT_MAX_MS = const(2000)
 # Frozen inputs: see Bms._frozen.
+_REINIT_MS = const(5000)
 _FROZEN_MS = const(1000)
 _FROZEN_MV = const(10)
 _STILL_MV = const(3)
@@ -80,7 +81,8 @@ class Bms:
         self._last_ms = self._clock()
         self.comm_errors = 0
         self.chip_resets = 0  # the front-end lost its configuration and was set up again
-        self.reinit_pending = False  # it did, and setting it up again has not worked yet
+        self.reinit_pending = False  # it did (or went silent), and setting it up again has not worked yet
+        self._silent_ms = 0  # how long the front-end has not answered
         self.hw_seen = 0  # HW_* bits the front-end reported on the last reading
         self.tick_errors = 0
         self.missed_ticks = 0
@@ -260,6 +262,14 @@ class Bms:
             comm_ok = False
             if self.comm_errors < _COUNT_MAX:
                 self.comm_errors += 1
+            # A chip silent for long may have lost power or gone to sleep:
+            # set it up again every _REINIT_MS until it answers.
+            self._silent_ms += dt
+            if self._silent_ms >= _REINIT_MS:
+                self._silent_ms = 0
+                self.reinit_pending = True
+        if comm_ok:
+            self._silent_ms = 0
         q[Q_COMM] = 0 if comm_ok else 1
         qv[Q_COMM] = 1
         q[Q_CONFIG] = 1 if self.config_problem else 0
