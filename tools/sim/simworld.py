@@ -374,7 +374,7 @@ class SimWorld:
             self._analog[self._mux_pin] = ("mux", 0)
             for p in self._mux["select"]:
                 self.watch_pin(p, self._on_select)
-        if b.get("pack_tap"):
+        if b.get("pack_tap") and "pin" in b["pack_tap"]:
             self._analog[b["pack_tap"]["pin"]] = ("pack", 0)
         if b.get("current") and "pin" in b["current"]:
             self._analog[b["current"]["pin"]] = ("current", 0)
@@ -414,7 +414,8 @@ class SimWorld:
         if alert:
             self.pin_in[alert["pin"]] = 1 if alert.get("active_low", True) else 0
         self._alert_trip_ma = alert.get("trip_ma") if alert else None
-        if alert and (alert.get("source") or alert.get("means") == "chip"):
+        self._alert_chip_driven = bool(alert and (alert.get("source") or alert.get("means") == "chip"))
+        if self._alert_chip_driven:
             self._alert_trip_ma = None  # a chip model drives the line, not the board's comparator
 
         # Chip models on the board's buses (tools/sim/chips).
@@ -688,10 +689,11 @@ class SimWorld:
                              % self.board.get("name"))
         if name == "afe_reset":
             if on:
-                chip = self.afe_chip or self.current_chip
-                if chip is None:
+                if self.afe_chip is None and self.current_chip is None:
                     raise ValueError("afe_reset: board %s has no front-end chip" % self.board.get("name"))
-                chip.power_on_reset()
+                for chip in (self.afe_chip, self.current_chip):
+                    if chip is not None:  # a brown-out of the board's measurement supply
+                        chip.power_on_reset()
                 self.changed()
             return
         top = {"ntc_open": len(self.ntc_open), "ntc_short": len(self.ntc_open), "stuck_cell": self.pack.n,
@@ -887,9 +889,14 @@ class SimWorld:
         self._update_comparator()
 
     def release_alert(self):
-        """Hand the alert line back to the comparator."""
+        """Hand the alert line back to the comparator or the chip driving it."""
         self.alert_forced = None
-        self._update_comparator()
+        chip = self.current_chip or self.afe_chip
+        if self._alert_chip_driven and chip is not None and hasattr(chip, "refresh_alert"):
+            self.set_input(self.board["alert"]["pin"], 1 if self.board["alert"].get("active_low", True) else 0)
+            chip.refresh_alert()
+        else:
+            self._update_comparator()
 
     def _update_comparator(self):
         # The short-circuit comparator asserts the line while the discharge
@@ -898,6 +905,8 @@ class SimWorld:
             return
         on = self.alert_forced
         if on is None:
+            if self._alert_chip_driven:
+                return  # the chip model drives the line itself
             lim = self._alert_trip_ma
             on = lim is not None and -self.current_a * 1000.0 >= lim
         pin, active = self._alert_levels()
@@ -939,7 +948,7 @@ class SimWorld:
             uv = self._pin_now.get(pin, 0)
         i = self._noise_i = (self._noise_i + 1) & self._noise_mask
         uv += self._noise[i]
-        top = _ATTN_MAX_UV[self.adc_atten.get(pin, ATTN_0DB)]
+        top = _ATTN_MAX_UV[self.adc_atten.get(pin, ATTN_0DB)] if self.esp32 else U16_FULL_SCALE_MV * 1000
         if uv < 0:
             uv = 0
         elif uv > top:
@@ -948,6 +957,9 @@ class SimWorld:
 
     def adc_read_u16(self, pin):
         mv = self.adc_read_uv(pin) // 1000
+        if not self.esp32:  # RP2040: a 12-bit conversion scaled as raw << 4 | raw >> 8
+            raw = min(4095, (mv * 4095 + U16_FULL_SCALE_MV // 2) // U16_FULL_SCALE_MV)
+            return raw << 4 | raw >> 8
         return min(65535, (mv * 65535 + U16_FULL_SCALE_MV // 2) // U16_FULL_SCALE_MV)
 
     # ------------------------------------------------------------------
