@@ -7,9 +7,15 @@ BOARD   ?= esp32_mux_16s
 LINK    ?= /tmp/openbms-$(BOARD)
 SPEED   ?= 60
 SCENARIO ?= scenarios/solar_day.json
+PORT    ?=
+CONSOLE ?=
+CHEMISTRY ?= lfp
+DRY_RUN ?=
+STUBS   := $(VENV)/stubs
+STUB_PORTS := rp2 esp32
 MPPATH  := firmware/lib:firmware:tools/sim:host_tests/logic:host_tests/sim:host_tests/drivers:.frozen
 
-.PHONY: help venv test test-cpython test-micropython sim console scenarios bench clean
+.PHONY: help venv test test-cpython test-micropython typecheck sim console scenarios bench deploy clean
 
 help:
 	@echo "make sim        the firmware on a virtual $(BOARD) through a solar day at $(SPEED)x, live monitor (Ctrl-C ends)"
@@ -18,9 +24,15 @@ help:
 	@echo "make scenarios  run the scenario library headless; logs and plots in build/scenarios/"
 	@echo "make test       create .venv, install pinned deps, run all tests (CPython + MicroPython + mpy-cross + scenarios)"
 	@echo "make bench      firmware tick figures and virtual-board speed (MicroPython)"
+	@echo "make deploy     compile the firmware for BOARD and install it with mpremote on PORT (only changed files;"
+	@echo "                a saved config.json is kept), reset, print the first status line read on CONSOLE"
+	@echo "                DRY_RUN=1 prints the plan and touches no device"
+	@echo "make typecheck  mypy on firmware/ against the MicroPython rp2 and esp32 port stubs (part of make test)"
 	@echo "make venv       only create .venv with the pinned dependencies and the bmsctl command"
 	@echo "make clean      remove .venv, caches, build/ and the simulator's saved configs (sim-fs/)"
 	@echo "variables: BOARD=$(BOARD) (boards/*.json) LINK=$(LINK) SPEED=$(SPEED) SCENARIO=$(SCENARIO)"
+	@echo "           PORT=$(PORT) (the board's USB REPL) CONSOLE=$(CONSOLE) (its console UART; default PORT)"
+	@echo "           CHEMISTRY=$(CHEMISTRY) (lfp|nmc|lto, for a new config.json) DRY_RUN=$(DRY_RUN)"
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	@$(PY) -c 'import sys, platform; sys.exit(sys.version_info[:2] != (3, 11) or platform.machine() != "x86_64")' || \
@@ -30,9 +42,27 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
-venv: $(BIN)/.installed
+# The two stub sets define the same modules (machine, micropython, time...):
+# one folder each, pinned in tools/typecheck/stubs-PORT.txt.
+$(STUBS)/.installed: $(BIN)/.installed $(foreach p,$(STUB_PORTS),tools/typecheck/stubs-$(p).txt)
+	rm -rf $(STUBS)
+	for p in $(STUB_PORTS); do \
+	  $(BIN)/pip install --quiet --disable-pip-version-check --no-deps --target $(STUBS)/$$p \
+	    -r tools/typecheck/stubs-$$p.txt || exit 1; \
+	done
+	touch $@
 
-test: venv test-cpython test-micropython
+venv: $(BIN)/.installed $(STUBS)/.installed
+
+test: venv typecheck test-cpython test-micropython
+
+typecheck: venv
+	@rc=0; for p in $(STUB_PORTS); do \
+	  echo "mypy firmware/ against the $$p stubs"; \
+	  MYPYPATH=$(STUBS)/$$p:firmware/lib $(BIN)/mypy --config-file tools/typecheck/mypy.ini \
+	    --custom-typeshed-dir $(STUBS)/$$p --platform $$p --cache-dir build/typecheck/$$p \
+	    firmware/main.py firmware/boot.py firmware/lib || rc=1; \
+	done; exit $$rc
 
 test-cpython: venv
 	$(BIN)/pytest -q -n 2 host_tests
@@ -52,6 +82,10 @@ scenarios: venv
 
 bench: venv
 	$(BIN)/python tools/bench.py
+
+deploy: venv
+	$(BIN)/python -m tools.deploy --board boards/$(BOARD).json --chemistry $(CHEMISTRY) \
+	  $(if $(PORT),--port $(PORT)) $(if $(CONSOLE),--console $(CONSOLE)) $(if $(filter-out 0,$(DRY_RUN)),--dry-run)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis sim-fs build

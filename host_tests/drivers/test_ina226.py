@@ -21,15 +21,7 @@ def _world(shunt_uohm=None, cells=(3300, 3300, 3300, 3300)):
         chip = dict(b["current"]["ina226"])
         chip["shunt_uohm"] = shunt_uohm
         b["current"] = {"ina226": chip}
-    try:
-        w = simworld.SimWorld(b)
-    except KeyError:
-        # Until simworld maps a pack tap on the INA226's VBUS
-        # ({"ina226": "bus"}): build without it and wire VBUS by hand.
-        b2 = dict(b)
-        b2["pack_tap"] = None
-        w = simworld.SimWorld(b2)
-        w.current_chip.bus_on_pack = True
+    w = simworld.SimWorld(b)
     for i, mv in enumerate(cells):
         w.set_cell(i + 1, mv)
     machine.attach(w)
