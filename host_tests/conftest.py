@@ -25,11 +25,26 @@ if not hasattr(time, "ticks_ms"):
     def ticks_add(a, d):
         return (a + d) & 0x3FFFFFFF
 
+    def _sim():
+        # With a simulated board attached, time is its virtual clock, as
+        # tools/sim/time.py makes it under MicroPython.
+        m = sys.modules.get("machine")
+        w = getattr(m, "world", None)
+        return w if w is not None and getattr(w, "virtual_time", False) else None
+
     def sleep_ms(ms):
-        time.sleep(ms / 1000)
+        w = _sim()
+        if w is not None:
+            w.sleep_us(ms * 1000)
+        else:
+            time.sleep(ms / 1000)
 
     def sleep_us(us):
-        time.sleep(us / 1000000)
+        w = _sim()
+        if w is not None:
+            w.sleep_us(us)
+        else:
+            time.sleep(us / 1000000)
 
     time.ticks_ms = ticks_ms
     time.ticks_diff = ticks_diff
