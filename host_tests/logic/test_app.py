@@ -337,3 +337,44 @@ def test_a_silent_front_end_is_set_up_again_every_5_s_until_it_answers():
     afe.fail = None
     run(bms, 25)
     assert afe.chg and afe.dsg and afe.inits == inits + 2
+
+
+class _DeafFets(FakeAfe):
+    """A chip that stops taking FET commands (a noisy bus)."""
+
+    deaf = False
+
+    def set_fets(self, chg, dsg, pchg=False):
+        if self.deaf:
+            raise OSError(5)
+        FakeAfe.set_fets(self, chg, dsg, pchg)
+
+
+def test_a_fet_command_the_chip_does_not_take_is_a_link_fault_not_a_crash():
+    bms, afe = make_bms(_DeafFets())
+    wdt = FakeWdt()
+    bms.wdt = wdt
+    run(bms, 3)
+    afe.deaf = True
+    run(bms, 7)  # seen by the tick after the failed write, then afe_comm's 500 ms
+    assert wdt.feeds == 10 and bms.tick_errors == 0 and bms.comm_errors == 7
+    assert "afe_comm" in bms.prot.names(bms.prot.active) and not bms.fets.chg and not bms.fets.dsg
+    afe.deaf = False
+    run(bms, 1)
+    assert not afe.chg and not afe.dsg  # the open command gets through at once
+    run(bms, 25)
+    assert afe.chg and afe.dsg
+
+
+def test_a_chip_that_does_not_answer_at_boot_is_set_up_when_it_does():
+    afe = FakeAfe()
+    afe.init_fail = OSError(19)
+    bms, afe = make_bms(afe)  # no exception: the firmware boots, FETs off
+    assert bms.reinit_pending and afe.protections == 0
+    run(bms, 10)
+    assert not afe.chg and not afe.dsg and "afe_comm" in bms.prot.names(bms.prot.active)
+    afe.init_fail = None
+    run(bms, 1)
+    assert not bms.reinit_pending and afe.inits == 1 and afe.protections == 1
+    run(bms, 25)
+    assert afe.chg and afe.dsg

@@ -69,8 +69,14 @@ class Bms:
         self.bal = Balancer(cfg["cells"], getattr(afe, "can_balance", False), afe.no_adjacent_balancing)
         self.soc = Soc(cfg["capacity_mah"])
         self.soc_known = False
-        self.cfg = None
         self.timer = None
+        self.comm_errors = 0
+        self.chip_resets = 0  # the front-end lost its configuration and was set up again
+        self.reinit_pending = False  # it did (or went silent), and setting it up again has not worked yet
+        self._silent_ms = 0  # how long the front-end has not answered
+        self._write_failed = False  # the last FET/bleeder command was not taken
+        self.hw_seen = 0  # HW_* bits the front-end reported on the last reading
+        self.cfg = None
         self.n_cells = 0
         self.apply_config(cfg)
         self.valid = False  # the last tick had a complete plausible reading
@@ -79,11 +85,6 @@ class Bms:
         self.uptime_s = 0
         self._ms = 0
         self._last_ms = self._clock()
-        self.comm_errors = 0
-        self.chip_resets = 0  # the front-end lost its configuration and was set up again
-        self.reinit_pending = False  # it did (or went silent), and setting it up again has not worked yet
-        self._silent_ms = 0  # how long the front-end has not answered
-        self.hw_seen = 0  # HW_* bits the front-end reported on the last reading
         self.tick_errors = 0
         self.missed_ticks = 0
         self.last_error = ""
@@ -131,13 +132,21 @@ class Bms:
         if why:
             raise config.ConfigError(why)
         if cfg["cells"] != self.n_cells:
-            self.afe.init(cfg["cells"])
+            try:
+                self.afe.init(cfg["cells"])
+            except OSError:
+                if self.cfg is not None:  # a console change: say so, change nothing
+                    raise
+                # At boot a chip that does not answer must not stop the
+                # firmware: the tick sets it up when it answers (FETs off).
+                self.reinit_pending = True
             self._forget_frozen()
         self.fets.configure(cfg)
         self.bal.configure(cfg, cfg["cells"])
         if self.cfg is None or cfg["capacity_mah"] != self.cfg["capacity_mah"]:
             self.soc.set_capacity(cfg["capacity_mah"])
-        self.afe.configure_protection(cfg)
+        if not self.reinit_pending:
+            self.afe.configure_protection(cfg)  # else _reinit does it
         self.prot.set_table(build_table(cfg))
         self.n_cells = cfg["cells"]
         old = self.cfg
@@ -270,6 +279,8 @@ class Bms:
                 self.reinit_pending = True
         if comm_ok:
             self._silent_ms = 0
+        if self._write_failed:
+            comm_ok = False
         q[Q_COMM] = 0 if comm_ok else 1
         qv[Q_COMM] = 1
         q[Q_CONFIG] = 1 if self.config_problem else 0
@@ -293,8 +304,20 @@ class Bms:
             mask = self.bal.decide(m.cells_mv, m.current_ma, forbid, m.board_dc if m.has_board_temp else -9999)
         else:
             self.bal.mask = 0
-        self.afe.set_balancing(mask)
-        self.afe.set_fets(f.chg, f.dsg, f.pchg)
+        try:
+            # Bleeders first: they need no working FET command to stop.
+            self.afe.set_balancing(mask)
+            self.afe.set_fets(f.chg, f.dsg, f.pchg)
+            self._write_failed = False
+        except OSError:
+            # The chip did not take the command (its driver already tried
+            # every path it has, e.g. FET-off pins). The FETs are then as the
+            # chip last had them, its own protection armed: count it as a
+            # link failure (afe_comm) and try again next tick. Raising would
+            # starve the watchdog, and a reboot cannot fix a noisy bus.
+            self._write_failed = True
+            if self.comm_errors < _COUNT_MAX:
+                self.comm_errors += 1
         if valid:
             if self.soc_known:
                 self.soc.update(m.current_ma, dt)
