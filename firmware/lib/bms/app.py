@@ -76,9 +76,9 @@ class Bms:
         self._silent_ms = 0  # how long the front-end has not answered
         self._write_failed = False  # the last FET/bleeder command was not taken
         self.hw_seen = 0  # HW_* bits the front-end reported on the last reading
-        self.cfg = None
+        self.cfg = cfg  # apply_config's "previous config": none yet (n_cells 0)
         self.n_cells = 0
-        self.apply_config(cfg)
+        self.apply_config(cfg, True)
         self.valid = False  # the last tick had a complete plausible reading
         self.have_data = False  # at least one reading has been taken
         self.ticks = 0
@@ -126,7 +126,7 @@ class Bms:
                 cfg["cells"] * cfg["cell_ov_mv"], top)
         return ""
 
-    def apply_config(self, cfg):
+    def apply_config(self, cfg, first=False):
         """Make cfg the running configuration (validated already). Raises ConfigError."""
         why = self.board_problem(cfg, self.afe)
         if why:
@@ -135,7 +135,7 @@ class Bms:
             try:
                 self.afe.init(cfg["cells"])
             except OSError:
-                if self.cfg is not None:  # a console change: say so, change nothing
+                if not first:  # a console change: say so, change nothing
                     raise
                 # At boot a chip that does not answer must not stop the
                 # firmware: the tick sets it up when it answers (FETs off).
@@ -143,7 +143,7 @@ class Bms:
             self._forget_frozen()
         self.fets.configure(cfg)
         self.bal.configure(cfg, cfg["cells"])
-        if self.cfg is None or cfg["capacity_mah"] != self.cfg["capacity_mah"]:
+        if first or cfg["capacity_mah"] != self.cfg["capacity_mah"]:
             self.soc.set_capacity(cfg["capacity_mah"])
         if not self.reinit_pending:
             self.afe.configure_protection(cfg)  # else _reinit does it
@@ -151,7 +151,7 @@ class Bms:
         self.n_cells = cfg["cells"]
         old = self.cfg
         self.cfg = cfg
-        if old is not None and old["tick_ms"] != cfg["tick_ms"]:
+        if not first and old["tick_ms"] != cfg["tick_ms"]:
             self.prot.rescale(old["tick_ms"], cfg["tick_ms"])
             if self.timer is not None:
                 self.start(self.timer)  # delays are in ticks of the new period

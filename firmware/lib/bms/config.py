@@ -11,13 +11,15 @@ try:
     from binascii import crc32
 except ImportError:  # ports built without binascii.crc32
 
-    def crc32(data, crc=0):
+    def _crc32(data, crc=0):
         crc ^= 0xFFFFFFFF
         for b in data:
             crc ^= b
             for _ in range(8):
                 crc = (crc >> 1) ^ (0xEDB88320 & -(crc & 1))
         return crc ^ 0xFFFFFFFF
+
+    crc32 = _crc32
 
 
 FORMAT_VERSION = 1

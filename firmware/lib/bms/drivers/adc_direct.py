@@ -216,14 +216,6 @@ class AdcDirect(Afe):
         if self.ina is not None:
             self.ina.init()  # OSError: not there; the core retries
 
-    @property
-    def crc_errors(self):
-        return self.ina.crc_errors if self.ina is not None else 0
-
-    @property
-    def bus_errors(self):
-        return self.ina.bus_errors if self.ina is not None else 0
-
     def configure_protection(self, cfg):
         # Only a current monitor chip is programmable: its alert is the
         # short-circuit comparator (the alert pin's interrupt opens the FETs).
@@ -263,7 +255,10 @@ class AdcDirect(Afe):
             # Between its conversions the last one stands; it converts
             # several times per tick, so a tick never reads a stale value
             # for long. OSError / ChipReset go to the core.
-            ina.read()
+            try:
+                ina.read()
+            finally:
+                self.bus_errors = ina.bus_errors  # the link counters status shows
             m.current_ma = ina.current_ma
             if ina.alert:
                 self._alert[0] = 1
