@@ -6,8 +6,8 @@ Prints a table, or with --json one JSON object with every figure:
   direct-ADC driver), microseconds per tick on this host, heap in use after
   start-up, and the firmware alone inside `micropython -X heapsize=64k`;
 - the virtual board: simulated seconds per wall second for the 16S and 4S
-  boards (an hour of the solar-day scenario at the default 100 ms tick,
-  charging and balancing), and the whole 24 h solar-day scenario (firmware
+  boards and for each front-end chip board (an hour of the solar-day
+  scenario at the default 100 ms tick, charging and balancing), and the whole 24 h solar-day scenario (firmware
   and simulator compiled to .mpy) on a 64 KiB heap and on the smallest heap
   that completes it.
 """
@@ -96,6 +96,9 @@ def _scenario_run(scenario, out, heap_kib=None, compiled=None):
     return run_one(scenario, out, png=False, heap_kib=heap_kib, quiet=True, compiled=compiled, show_failure=False)[1]
 
 
+CHIP_BOARDS = ("pico_bq76940_15s", "esp32_bq76952_16s", "esp32_ltc6811x2_24s", "pico_adc_ina226_4s")
+
+
 def vboard_speed(board, tmp):
     """Simulated/wall time for an hour of the solar day from 10:00 at the
     default tick (charging, balancing), as the virtual board runs it."""
@@ -128,6 +131,11 @@ def vboard_figures():
     with tempfile.TemporaryDirectory() as tmp:
         out["vboard_speed_16s_x"] = vboard_speed("esp32_mux_16s", tmp)
         out["vboard_speed_4s_x"] = vboard_speed("esp32_adc_4s", tmp)
+        # The chip boards: firmware, driver and the register-level chip
+        # models all in one MicroPython process (a tick's wall time on this
+        # host is 100 ms / speed).
+        for b in CHIP_BOARDS:
+            out["vboard_speed_%s_x" % b] = vboard_speed(b, tmp)
         mpy = os.path.join(tmp, "mpy")
         os.makedirs(mpy)
         compile_all(mpy)
