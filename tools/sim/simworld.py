@@ -906,7 +906,14 @@ class SimWorld:
         on = self.alert_forced
         if on is None:
             if self._alert_chip_driven:
-                return  # the chip model drives the line itself
+                # The chip model drives the line itself; its comparators
+                # watch the shunt continuously, not only at physics steps.
+                chip = self.afe_chip
+                if chip is not None and hasattr(chip, "comparators"):
+                    chip.comparators()
+                    if self._stale:
+                        self._refresh()
+                return
             lim = self._alert_trip_ma
             on = lim is not None and -self.current_a * 1000.0 >= lim
         pin, active = self._alert_levels()

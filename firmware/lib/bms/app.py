@@ -30,6 +30,7 @@ _COUNT_MAX = const(0x3FFFFFFF)
 _DT_MAX_MS = const(2000)
 # Frozen inputs: see Bms._frozen.
 _REINIT_MS = const(5000)
+_BOOT_GRACE_S = const(5)  # a front-end may take this long to its first reading
 _FROZEN_MS = const(1000)
 _FROZEN_MV = const(10)
 _STILL_MV = const(3)
@@ -295,7 +296,9 @@ class Bms:
             for k in range(Q_SENSOR):  # the measured quantities come first
                 qv[k] = 0
             q[Q_SENSOR] = 1
-            qv[Q_SENSOR] = 1 if comm_ok else 0
+            # A chip still starting up (its first conversions) is no fault
+            # for a few seconds after boot; the FETs stay off meanwhile.
+            qv[Q_SENSOR] = 1 if comm_ok and (self.have_data or self.uptime_s >= _BOOT_GRACE_S) else 0
         f = self.fets
         forbid = p.evaluate(valid and f.state == BOOT)
         f.update(forbid, valid, m.current_ma)
