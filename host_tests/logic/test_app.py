@@ -378,3 +378,16 @@ def test_a_chip_that_does_not_answer_at_boot_is_set_up_when_it_does():
     assert not bms.reinit_pending and afe.inits == 1 and afe.protections == 1
     run(bms, 25)
     assert afe.chg and afe.dsg
+
+
+def test_a_front_end_gets_5_s_to_its_first_reading_then_it_is_a_sensor_fault():
+    afe = FakeAfe()
+    afe.fresh = False  # converting, nothing ready yet
+    bms, afe = make_bms(afe)
+    run(bms, 45)
+    assert bms.prot.names(bms.prot.active) == [] and not afe.chg and bms.fets.state_name() == "boot"
+    run(bms, 12)  # past 5 s: sensor's 500 ms delay runs
+    assert "sensor" in bms.prot.names(bms.prot.active) and not afe.chg
+    afe.fresh = True
+    run(bms, 25)
+    assert afe.chg and afe.dsg
