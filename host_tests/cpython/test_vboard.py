@@ -808,3 +808,24 @@ def test_make_sim_with_a_fresh_fs_folder(tmp_path):
         assert _no_micropython_left(link) == []
     finally:
         p.close()
+
+
+# ---- every supported board -------------------------------------------------------
+
+
+CHIP_BOARDS = {"pico_bq76940_15s": 15, "esp32_bq76952_16s": 16, "esp32_ltc6811x2_24s": 24, "pico_adc_ina226_4s": 4}
+
+
+@pytest.mark.parametrize("name", sorted(CHIP_BOARDS))
+def test_each_front_end_board_boots_on_the_virtual_board_and_reads_its_cells(start_board, name):
+    link, _proc = start_board("--board", name)
+    with Console(link) as c:
+        c.step(8)  # a chip's first conversions (the bq769x0's thermistors take 2.6 s)
+        s = c.status()
+        hw = c.sim()
+        assert s["state"] == "normal" and s["faults"] == [], s
+        assert (hw["chg"], hw["dsg"]) == (True, True)  # the chip or the GPIOs really conduct
+        assert len(s["cells_mv"]) == CHIP_BOARDS[name] == len(hw["cells_mv"])
+        for k, (read, true) in enumerate(zip(s["cells_mv"], hw["cells_mv"]), 1):
+            assert abs(read - true) <= 12, "%s: cell %d reads %d mV, the simulator says %d mV" % (name, k, read, true)
+        assert s["errors"]["crc"] == 0 and s["errors"]["chip_resets"] == 0
