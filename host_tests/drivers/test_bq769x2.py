@@ -24,14 +24,14 @@ CFG = {
 }
 
 
-def _setup(cells=None, n=16, init=True):
+def _setup(cells=None, n=16, init=True, sensors=None):
     b = simworld.load_board(BOARD)
     p = None
     if n != 16:
         import pack as packmod
 
         p = packmod.Pack(chemistry="lfp", cells=n, capacity_ah=100, soc_pct=50.0)
-    w = simworld.SimWorld(b, p)
+    w = simworld.SimWorld(b, p, sensors)
     for k in range(n):
         w.set_cell(k + 1, 3300 if cells is None else cells[k])
     machine.attach(w)
@@ -61,7 +61,9 @@ def test_from_board_builds_the_driver_with_the_fet_pins_high():
     w, afe, m = _setup(init=False)
     assert afe.max_cells == 16 and afe.n_temps == 2 and afe.has_board_temp
     assert afe.pack_measured and afe.can_balance and afe.no_adjacent_balancing
-    assert afe.has_precharge  # board fets precharge "afe"
+    # Board fets precharge "afe": the chip's own PDSG, which the firmware
+    # neither times nor switches (no precharge step in bms.fets).
+    assert afe.pdsg and not afe.has_precharge
     assert afe.current_max_ma == 327670  # int16 x 10 mA (the 0.5 mOhm shunt spans +-400 A)
     assert w.read_pin(25) == 1 and w.read_pin(26) == 1  # CFETOFF / DFETOFF at "off"
     assert afe.cell_ts == (0, 2) and afe.board_ts == 1
@@ -76,6 +78,8 @@ def test_init_programs_and_verifies_the_chip():
     assert abs(c.dm_float(model.CC_GAIN) - 7.5684 / 0.5) < 1e-4
     assert abs(c.dm_float(model.CAPACITY_GAIN) - 7.5684 / 0.5 * 298261.6178) < 2
     assert c.dm_read(model.FET_OPTIONS) == 0x3D  # FET_INIT_OFF, PDSG_EN, FET_CTRL_EN, HOST_FET_EN, SFET
+    # the board's 500 ms / 500 mV in 10 ms / 10 mV units; never a timeout of 0
+    assert c.dm_read(model.PDSG_TIMEOUT) == 50 and c.dm_read(model.PDSG_DELTA) == 50
     assert c.dm_read(model.CFETOFF_CONFIG) == 0x02 and c.dm_read(model.DFETOFF_CONFIG) == 0x02
     assert c.dm_read(model.ALERT_CONFIG) == 0x82
     assert c.dm_read(model.POWER_CONFIG, 2) == 0x3882  # no SLEEP, SHUT_TS2
@@ -250,17 +254,55 @@ def test_set_fets_sends_only_on_change_and_repairs():
     assert len(sent) > n and w.fet_on("chg") and w.fet_on("dsg")
 
 
-def test_precharge_runs_the_chips_predischarge():
-    w, afe, m = _setup()
+def test_a_dsg_request_runs_the_chips_predischarge_then_dsg():
+    # With a 30 mA shunt offset (the scenarios' default): the chip judges LD,
+    # a voltage, and ends PDSG by itself; DSG follows within the timeout.
+    w, afe, m = _setup(sensors={"shunt_offset_ma": 30})
     _tick(w, afe, m, False, False)
-    w.advance(100)
-    afe.read(m)
-    afe.set_fets(False, False, True)
+    afe.set_fets(False, False, True)  # pchg alone: nothing the host can switch
+    w.advance(1)
+    assert not w.fet_on("precharge") and not w.fet_on("dsg")
+    assert w.read_pin(26) == 1
+    afe.set_fets(False, True)
     w.advance(1)
     assert w.fet_on("precharge") and not w.fet_on("dsg")
     assert w.read_pin(26) == 0
-    w.advance(300)
-    assert w.fet_on("dsg")
+    for _ in range(5):
+        _tick(w, afe, m, False, True)  # the driver does not "repair" the predischarge
+    assert w.fet_on("dsg") and not w.fet_on("precharge")
+
+
+def test_predischarge_ends_at_the_boards_timeout():
+    # On the real board a load drawing through the PDSG resistor keeps LD
+    # far below the stack, and only the timeout ends predischarge. The
+    # simulated world carries no current through PDSG, so the voltage check
+    # is switched off here to see the board's timeout alone.
+    b = simworld.load_board(BOARD)
+    b["bq769x2"]["pdsg_delta_mv"] = 0
+    b["bq769x2"]["pdsg_timeout_ms"] = 1234  # rounded up to 1.24 s
+    w = simworld.SimWorld(b)
+    for k in range(16):
+        w.set_cell(k + 1, 3300)
+    machine.attach(w)
+    afe = drv.from_board(b, machine)
+    afe._sleep = w.sleep_us
+    afe.init(16)
+    c = w.afe_chip
+    assert c.dm_read(model.PDSG_TIMEOUT) == 124 and c.dm_read(model.PDSG_DELTA) == 0
+    afe.set_fets(True, True)
+    w.advance(1200)
+    assert w.fet_on("precharge") and not w.fet_on("dsg")
+    w.advance(60)
+    assert w.fet_on("dsg") and not w.fet_on("precharge")
+
+
+def test_a_zero_timeout_is_refused():
+    # 0 would be "no timeout": under a load, predischarge for ever.
+    i2c = None
+    a = drv.Bq769x2(i2c, pdsg=True, pdsg_timeout_ms=0)
+    assert a._pdsg_timeout == 1
+    a = drv.Bq769x2(i2c, pdsg=True, pdsg_timeout_ms=99999, pdsg_delta_mv=99999)
+    assert a._pdsg_timeout == 255 and a._pdsg_delta == 255
 
 
 def test_balancing_on_change():

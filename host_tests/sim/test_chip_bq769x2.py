@@ -552,6 +552,60 @@ def test_predischarge_runs_before_dsg():
     assert w.fet_on("dsg") and not w.fet_on("precharge")
 
 
+def test_predischarge_defaults_are_50_ms_and_500_mv():
+    w = _world()
+    assert _sub_read(w, chip.PDSG_TIMEOUT)[:2] == bytes([5, 50])  # 10 ms, 10 mV units
+
+
+def test_predischarge_ends_at_its_timeout():
+    w = _world()
+    _cfg(w)
+    _dm_write(w, chip.FET_OPTIONS, [0x1D])  # PDSG_EN
+    _dm_write(w, chip.PDSG_TIMEOUT, [30])  # 300 ms
+    _dm_write(w, chip.PDSG_DELTA, [0])  # no voltage check: the timeout alone
+    _exit(w)
+    _fets_on(w)
+    w.advance(280)
+    assert w.fet_on("precharge") and not w.fet_on("dsg")
+    w.advance(30)
+    assert w.fet_on("dsg") and not w.fet_on("precharge")
+
+
+def test_a_shunt_offset_does_not_hold_predischarge():
+    # LD is a voltage at the load: the current sensor's offset is no
+    # current through the PDSG resistor. Nothing flows through it in the
+    # simulated world, so LD reads the stack and the first check ends it.
+    b = simworld.load_board(BOARD)
+    w = simworld.SimWorld(b, None, {"shunt_offset_ma": 30})
+    for k in range(16):
+        w.set_cell(k + 1, 3300)
+    _cfg(w)
+    _dm_write(w, chip.FET_OPTIONS, [0x1D])
+    _dm_write(w, chip.PDSG_TIMEOUT, [0])  # the voltage check alone
+    _exit(w)
+    _fets_on(w)
+    w.advance(100)
+    assert w.fet_on("precharge") and not w.fet_on("dsg")
+    stack = _u16(_rd(w, 0x34, 2))
+    assert abs(_u16(_rd(w, 0x38, 2)) - stack) <= 1  # LD = stack (userV)
+    w.advance(200)
+    assert w.fet_on("dsg")
+
+
+def test_fet_switching_times_reach_the_world():
+    w = _world()
+    w.gate_changed_ms = {"chg": 0, "dsg": 0}  # what a scenario keeps
+    w.advance(500)
+    _fets_on(w)
+    t = w.now_ms
+    assert w.fet_on("chg") and w.fet_on("dsg")
+    assert t - 10 <= w.gate_changed_ms["chg"] <= t and t - 10 <= w.gate_changed_ms["dsg"] <= t
+    w.advance(300)
+    _sub(w, chip.SC_DSG_PDSG_OFF)
+    assert not w.fet_on("dsg")
+    assert w.gate_changed_ms["dsg"] >= t + 300 and w.gate_changed_ms["chg"] <= t
+
+
 def test_sleep_slows_measurements_and_opens_chg():
     w = _world()
     c = w.afe_chip
@@ -607,6 +661,20 @@ def test_balancing_maps_the_top_cell_of_a_short_pack():
     assert _wr(w, 0x60, [(~s) & 0xFF, 6]) == 5
     assert c.cb == 0x8002
     assert c.bleed_mask() == (1 << 4) | (1 << 1)
+
+
+def test_a_bleeder_command_reaches_the_pack_at_once():
+    w = _world()
+    assert not w.bleeding(2)  # the world has computed what flows
+    before = w.cell_true_mv(2)
+    assert _wr(w, 0x3E, [0x83, 0x00, 0x04, 0x00]) == 9  # VC3
+    s = 0x83 + 0x04
+    assert _wr(w, 0x60, [(~s) & 0xFF, 6]) == 5
+    assert w.bleeding(2) and not w.bleeding(1) and not w.bleeding(3)
+    # 3.3 V over 33 Ohm out of that cell: its terminal voltage sags.
+    assert w.cell_true_mv(2) < before
+    w.set_fault("afe_reset", True)
+    assert not w.bleeding(2)  # a reset stops the bleeders
 
 
 def test_power_on_reset_restores_defaults():

@@ -38,10 +38,13 @@ Cells: pack cells 1..n-1 on VC1..VC(n-1), the top cell on VC16 and the unused
 inputs shorted to the one below (reading 0 mV), as TI recommends for fewer
 than 16 cells (E2E 1251362, 1474660). Stack = the sum of the cell terminal
 voltages; PACK = the stack while a FET conducts, else 0; LD = PACK, except
-while only PDSG conducts: the stack less the measured current times
-board sim "pdsg_ohm" (100 Ohm). CC2 = shunt voltage (world.sensed_current_ma()
-x board "shunt_uohm") x CC Gain / 7.5684 (the default gain is a 1 mOhm shunt,
-E2E 1346253/1559460), in the DA Configuration unit, saturating at int16.
+while only PDSG conducts: the stack less the discharge current that really
+flows (world.flowing_ma(), not the sensed one: a shunt offset is no voltage
+across the PDSG resistor) times board sim "pdsg_ohm" (100 Ohm). The world
+carries no current while only PDSG conducts, so LD then reads the stack.
+CC2 = shunt voltage (world.sensed_current_ma() x board "shunt_uohm") x CC
+Gain / 7.5684 (the default gain is a 1 mOhm shunt, E2E 1346253/1559460), in
+the DA Configuration unit, saturating at int16.
 TS1..TS3 configured as thermistors (PIN_FXN 3, 18 k pull-up): the 18K
 Temperature Model is TI's fit of the Semitec 103AT, modelled by its Beta
 equation (10 kOhm, B 3435) on the resistance the ADC can resolve (pin ratio
@@ -69,9 +72,15 @@ OPT5; DFETOFF OPT4 = BOTHOFF), CONFIG_UPDATE, SLEEP without SLEEPCHG, or the
 host (with HOST_FET_EN: ALL_FETS_OFF/ON, DSG_PDSG_OFF, CHG_PCHG_OFF,
 FET_CONTROL 0x0097) holds it off. PCHG replaces CHG in precharge mode (lowest
 cell below Precharge Start Voltage until Precharge Stop Voltage; 0 = off).
-With FET Options PDSG_EN every DSG turn-on starts with PDSG until Predischarge
-Timeout or LD within Predischarge Stop Delta of the stack (checked every
-250 ms), then DSG. fet_on("precharge") is that PDSG path.
+With FET Options PDSG_EN every DSG turn-on starts with PDSG, then DSG on
+and PDSG off at whichever comes first: Predischarge Timeout (10 ms units,
+default 5 = 50 ms; 0 = no timeout) elapsed, or, checked every 250 ms from
+the start, the last measured LD at or above the last measured stack less
+Predischarge Stop Delta (10 mV units, default 50 = 500 mV; 0 = no voltage
+check) (SLUUBY1B predischarge section and its Settings:FET entries). With
+both 0 the model ends it at once (the TRM leaves that case open).
+fet_on("precharge") is that PDSG path. Every CHG/DSG switching time goes to
+world.gate_changed_ms when the world keeps one (a scenario does).
 
 SLEEP (Power Config bit 8 and no SLEEP_DISABLE): after Sleep Hysteresis Time
 below Sleep Current the chip measures every Voltage Time s and opens CHG
@@ -408,6 +417,8 @@ class Bq769x2:
         self.writes_refused = 0  # data memory writes outside CONFIG_UPDATE (for tests)
         self.crc_nacks = 0
         self._update_fets()
+        self._bleed_seen = 0
+        self.world.changed()  # the bleeders are off
         self._update_alert()
 
     def wake(self):
@@ -742,8 +753,8 @@ class Bq769x2:
     def _shut_down(self):
         self.off = True
         self.sd_pending = False
-        self.fets = [False, False, False, False]
-        self.world.changed()
+        self._bleed_seen = 0
+        self._fets_changed([False, False, False, False])
         self._update_alert()
 
     # ------------------------------------------------------------------
@@ -765,6 +776,12 @@ class Bq769x2:
         if self.off:
             return
         self._update_fets()
+        b = self.bleed_mask()
+        if b != self._bleed_seen:
+            # A bleeder switched (CB_ACTIVE_CELLS, CONFIG_UPDATE pausing
+            # it, a reset): what flows changes.
+            self._bleed_seen = b
+            self.world.changed()
         self._update_alarm()
         self._update_alert()
 
@@ -860,8 +877,7 @@ class Bq769x2:
         chg, pchg, dsg, pdsg = self.fets
         self.pack_mv = stack if (chg or pchg or dsg or pdsg) else 0.0
         if pdsg and not dsg:
-            drop = abs(w.sensed_current_ma()) / 1000.0 * self.pdsg_ohm * 1000.0
-            self.ld_mv = max(0.0, stack - drop)
+            self.ld_mv = max(0.0, stack - self._pdsg_drop_mv())
         else:
             self.ld_mv = self.pack_mv
         self.cc2_ma = self._chip_ma(w.sensed_current_ma())
@@ -1004,11 +1020,16 @@ class Bq769x2:
             self.pd_state = 2
             return
         if delta and now - self._pd_check >= 250000:
+            # The last measured LD and top-of-stack voltages (TRM).
             self._pd_check = now
-            stack = self._stack()
-            drop = abs(self.world.sensed_current_ma()) / 1000.0 * self.pdsg_ohm * 1000.0
-            if stack - drop >= stack - delta:
+            if self.ld_mv >= self.stack_mv - delta:
                 self.pd_state = 2
+
+    def _pdsg_drop_mv(self):
+        # Across the PDSG resistor: the discharge current that really flows
+        # through it (a charge current takes the DSG FET's body diode).
+        ma = self.world.flowing_ma()
+        return -ma * self.pdsg_ohm if ma < 0 else 0.0
 
     # ------------------------------------------------------------------
     # FETs, alarm, ALERT
@@ -1059,8 +1080,22 @@ class Bq769x2:
                     dsg = True
         new = [bool(chg), bool(pchg), bool(dsg), bool(pdsg)]
         if new != self.fets:
-            self.fets = new
-            self.world.changed()
+            self._fets_changed(new)
+
+    def _fets_changed(self, new):
+        # What flows changes; the world's record of gate changes (kept by
+        # gate-pin watchers on boards with GPIO-driven FETs, by the chip
+        # here) gets the time the CHG or DSG FET switched.
+        w = self.world
+        old = self.fets
+        self.fets = new
+        w.changed()
+        g = getattr(w, "gate_changed_ms", None)
+        if g is not None:
+            if new[0] != old[0]:
+                g["chg"] = w.now_ms
+            if new[2] != old[2]:
+                g["dsg"] = w.now_ms
 
     def _update_alarm(self):
         st = self.status

@@ -16,6 +16,19 @@
 # CHG_PCHG_OFF) and, where the board wires them, the CFETOFF/DFETOFF inputs
 # (active high): a FET is opened through its pin first, so opening works with
 # the bus dead, and closed by the command first, the pin released last.
+#
+# Predischarge (board fets precharge "afe"): the chip's PDSG driver, FET
+# Options PDSG_EN. The chip runs it by itself before every DSG turn-on and
+# then closes DSG, whichever comes first: Predischarge Timeout elapsed or LD
+# within Predischarge Stop Delta of the stack (checked every 250 ms). With
+# the chip in control of its FETs (FET_EN) the host can only block FETs:
+# PDSG runs only as the first step of a DSG turn-on (PDSGTEST needs FET test
+# mode), and the chip closes DSG after it on its own. So there is no
+# precharge step for the firmware to time or judge by current (has_precharge
+# stays False): set_fets(dsg=True) is the whole request, the pchg argument
+# switches nothing. The timeout is never 0: with a load that draws current through the
+# PDSG resistor, LD never comes within the delta and the chip would sit in
+# predischarge for ever, DSG open, the resistor dissipating.
 from micropython import const
 import time
 
@@ -82,6 +95,8 @@ _VCELL_MODE = const(0x9304)
 _FET_OPTIONS = const(0x9308)
 _PDSG_TIMEOUT = const(0x930E)
 _PDSG_DELTA = const(0x930F)
+_PDSG_TIMEOUT_MS = const(500)  # defaults of the board's pdsg_timeout_ms / pdsg_delta_mv
+_PDSG_DELTA_MV = const(500)
 _BALANCING_CONFIG = const(0x9335)
 _MFG_STATUS_INIT = const(0x9343)
 
@@ -136,10 +151,14 @@ class Bq769x2(Afe):
     can_balance = True
 
     def __init__(self, i2c, addr=0x08, crc=True, shunt_uohm=1000, cell_ts=(0,), board_ts=None,
-                 cfetoff=None, dfetoff=None, alert=None, has_precharge=False, sleep_us=None):
+                 cfetoff=None, dfetoff=None, alert=None, pdsg=False, sleep_us=None,
+                 pdsg_timeout_ms=_PDSG_TIMEOUT_MS, pdsg_delta_mv=_PDSG_DELTA_MV):
         """cell_ts: TS pin index (0 = TS1 .. 2 = TS3) of each cell thermistor;
         board_ts: that of the board/FET thermistor or None. cfetoff/dfetoff:
-        output Pins to those inputs (high = FET off), alert: input Pin."""
+        output Pins to those inputs (high = FET off), alert: input Pin.
+        pdsg: the board has the PDSG predischarge path; the chip runs it for
+        at most pdsg_timeout_ms (10..2550, 10 ms steps, rounded up) or until
+        LD is within pdsg_delta_mv (0 = no voltage check, else 10..2550 mV)."""
         self.i2c = i2c
         self.addr = addr
         self.crc = crc
@@ -151,7 +170,11 @@ class Bq769x2(Afe):
         self.cfetoff = cfetoff
         self.dfetoff = dfetoff
         self.alert = alert
-        self.has_precharge = has_precharge
+        self.pdsg = bool(pdsg)
+        t = (pdsg_timeout_ms + 9) // 10
+        self._pdsg_timeout = 1 if t < 1 else (255 if t > 255 else t)  # never 0: see above
+        dl = (pdsg_delta_mv + 9) // 10
+        self._pdsg_delta = 0 if pdsg_delta_mv <= 0 else (255 if dl > 255 else dl)
         self._sleep = sleep_us if sleep_us is not None else time.sleep_us
         # Current unit (DA Configuration USER_AMPS): the finest that covers
         # the coulomb counter's +-200 mV on this shunt within int16.
@@ -406,7 +429,7 @@ class Bq769x2(Afe):
             (_CC_GAIN, 4, _f32(gain)),
             (_CAPACITY_GAIN, 4, _f32(gain * 298261.6178)),
             (_DEFAULT_ALARM_MASK, 2, _ALARM_MASK),
-            (_FET_OPTIONS, 1, _FET_OPTIONS_VAL | (_PDSG_EN if self.has_precharge else 0)),
+            (_FET_OPTIONS, 1, _FET_OPTIONS_VAL | (_PDSG_EN if self.pdsg else 0)),
             (_MFG_STATUS_INIT, 2, mfg),
             (_ENABLED_PROT_A, 1, _PROT_A),
             (_BALANCING_CONFIG, 1, 0x00),  # no autonomous balancing; host commands accepted
@@ -417,11 +440,9 @@ class Bq769x2(Afe):
             items.append((_DFETOFF_CONFIG, 1, _PIN_FETOFF))
         if self.alert is not None:
             items.append((_ALERT_CONFIG, 1, _PIN_ALERT))
-        if self.has_precharge:
-            # Predischarge until LD is within 500 mV of the stack; no
-            # timeout (the firmware gives up on its own and opens).
-            items.append((_PDSG_TIMEOUT, 1, 0))
-            items.append((_PDSG_DELTA, 1, 50))
+        if self.pdsg:
+            items.append((_PDSG_TIMEOUT, 1, self._pdsg_timeout))
+            items.append((_PDSG_DELTA, 1, self._pdsg_delta))
         self._drive_pins(True, True)
         self._program(items)
         if not self._sub_u16(_MANUFACTURINGSTATUS) & _MS_FET_EN:
@@ -514,8 +535,9 @@ class Bq769x2(Afe):
             self.dfetoff.value(1 if db else 0)
 
     def set_fets(self, chg, dsg, pchg=False):
+        # pchg: nothing to switch (the chip runs PDSG itself before DSG).
         cb = 0 if chg else 1
-        db = 0 if (dsg or pchg) else 1  # predischarge: the chip runs PDSG before DSG
+        db = 0 if dsg else 1
         cf = self.cfetoff
         df = self.dfetoff
         # Open through the pins first: that works whatever the bus does.
@@ -669,4 +691,5 @@ def from_board(b, machine):
     bn = b.get("board_ntc")
     board_ts = _ts(bn["input"]) if bn else None
     return Bq769x2(i2c, c.get("addr", 0x08), c.get("crc", True), b["shunt_uohm"], cell_ts, board_ts,
-                   cf, df, alert, f.get("precharge") == "afe")
+                   cf, df, alert, f.get("precharge") == "afe", None,
+                   c.get("pdsg_timeout_ms", _PDSG_TIMEOUT_MS), c.get("pdsg_delta_mv", _PDSG_DELTA_MV))
