@@ -105,7 +105,7 @@ def main():
                 pass
             del sink[:]
         low = min(low, gc.mem_free())
-    ok = bms.tick_errors == 0 and bms.valid and afe.chg_pin.v == 1
+    ok = bms.tick_errors == 0 and bms.valid and afe.gates.chg_pin.v == 1
     print('{"ok": %s, "ticks": %d, "min_free_bytes": %d}' % ("true" if ok else "false", bms.ticks, low))
 
 

@@ -75,7 +75,7 @@ def test_alert_handler_opens_fets_without_allocating():
     alert = _Pin(1)
     afe = _board(alert)
     afe.set_fets(True, True)
-    assert afe.chg_pin.v == 1 and afe.dsg_pin.v == 1
+    assert afe.gates.chg_pin.v == 1 and afe.gates.dsg_pin.v == 1
     handler = afe.alert_handler()
     alert.v = 0
     micropython.heap_lock()  # as in a hard IRQ
@@ -83,14 +83,14 @@ def test_alert_handler_opens_fets_without_allocating():
         handler(alert)
     finally:
         micropython.heap_unlock()
-    assert afe.chg_pin.v == 0 and afe.dsg_pin.v == 0
+    assert afe.gates.chg_pin.v == 0 and afe.gates.dsg_pin.v == 0
     afe.set_fets(True, True)  # the tick cannot switch them back on
-    assert afe.chg_pin.v == 0 and afe.dsg_pin.v == 0
+    assert afe.gates.chg_pin.v == 0 and afe.gates.dsg_pin.v == 0
     assert not afe.clear_faults()  # comparator still asserting
     alert.v = 1
     assert afe.clear_faults()
     afe.set_fets(True, True)
-    assert afe.chg_pin.v == 1
+    assert afe.gates.chg_pin.v == 1
 
 
 def test_saturated_tap_reads_as_an_impossible_cell():
@@ -255,7 +255,7 @@ def test_mux_board_tick_runs_with_the_heap_locked():
     for _ in range(20):
         clock.now += 100
         bms.tick()
-    assert bms.valid and bms.tick_errors == 0 and afe.chg_pin.v == 1
+    assert bms.valid and bms.tick_errors == 0 and afe.gates.chg_pin.v == 1
     assert bms.bal.mask  # charging at +2 A above bal_start: the top cells bleed
     micropython.heap_lock()
     try:

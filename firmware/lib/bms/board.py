@@ -110,12 +110,7 @@ def _adc_direct(b):
     afe = AdcDirect(taps, current, ntcs, board_ntc, _off_pin(f["chg"], hi), _off_pin(f["dsg"], hi),
                     pchg, bleeders, hi, alert_pin, al.get("active_low", True) if al else True, c.get("max_ma", 0),
                     inputs == "differential", pack, pack_max_mv, al.get("trip_ma", 0) if al else 0)
-    if alert_pin is not None:
-        trig = Pin.IRQ_FALLING if al.get("active_low", True) else Pin.IRQ_RISING
-        try:
-            alert_pin.irq(handler=afe.alert_handler(), trigger=trig, hard=True)
-        except (TypeError, ValueError):  # port without hard pin IRQs
-            alert_pin.irq(handler=afe.alert_handler(), trigger=trig)
+    afe.gates.attach(Pin.IRQ_FALLING, Pin.IRQ_RISING)
     return afe
 
 

@@ -11,6 +11,7 @@
 import time
 
 from bms.afe import Afe, NTC_OK, NTC_OPEN, NTC_SHORT, HW_SCD
+from bms.drivers.gpio_fets import GpioFets
 from bms.ntc import OPEN_DC, SHORT_DC
 
 _LIMIT = 1 << 30
@@ -188,11 +189,7 @@ class AdcDirect(Afe):
             current_max_ma = current_max_ma or self.ina.current_max_ma
         self.ntcs = ntcs
         self.board_ntc = board_ntc
-        self.chg_pin = chg_pin
-        self.dsg_pin = dsg_pin
-        self.pchg_pin = pchg_pin
         self.bleeders = bleeders
-        self.on = 1 if active_high else 0
         self.max_cells = len(taps)
         self.n_cells = len(taps)
         self.n_temps = len(ntcs)
@@ -200,12 +197,7 @@ class AdcDirect(Afe):
         self.has_precharge = pchg_pin is not None
         self.can_balance = bleeders is not None and bleeders.n > 0
         self.current_max_ma = current_max_ma
-        # Written by the hard IRQ, read by the tick: a preallocated byte.
-        self._alert = bytearray(1)
-        self._alert_pin = alert_pin
-        self._alert_idle = 1 if alert_active_low else 0
-        self._alert_cb = self._on_alert  # bound once: creating it in the IRQ would allocate
-        self.set_fets(False, False)
+        self.gates = GpioFets(chg_pin, dsg_pin, pchg_pin, active_high, alert_pin, alert_active_low)
 
     def init(self, n_cells):
         if not 1 <= n_cells <= self.max_cells:
@@ -226,13 +218,7 @@ class AdcDirect(Afe):
 
     def alert_handler(self):
         """The callable to attach to the alert pin's IRQ."""
-        return self._alert_cb
-
-    def _on_alert(self, _pin):
-        # Hard IRQ: latch first (a set_fets running under us re-checks it),
-        # then open the FETs now; the tick learns of it later. No allocation.
-        self._alert[0] = 1
-        self._drive(False, False, False)
+        return self.gates.handler()
 
     def read(self, m):
         prev = 0
@@ -261,7 +247,7 @@ class AdcDirect(Afe):
                 self.bus_errors = ina.bus_errors  # the link counters status shows
             m.current_ma = ina.current_ma
             if ina.alert:
-                self._alert[0] = 1
+                self.gates.latch[0] = 1
         else:
             ch, lin = self.current
             m.current_ma = lin.apply(ch.uv())
@@ -283,42 +269,16 @@ class AdcDirect(Afe):
             t = ntc.convert(ch.uv() // 1000)
             m.board_dc = t
             m.board_status = _ntc_status(t, ch.saturated)
-        # Level as well as edge: an interrupt that was lost (ESP32 pin IRQs
-        # are soft, scheduled) or a short present since power-up still counts.
-        p = self._alert_pin
-        if p is not None and p.value() != self._alert_idle:
-            self._alert[0] = 1
-        m.hw_faults = HW_SCD if self._alert[0] else 0
+        m.hw_faults = HW_SCD if self.gates.asserted() else 0
         return True
 
     def set_fets(self, chg, dsg, pchg=False):
-        if self._alert[0]:
-            chg = dsg = pchg = False  # only 'clear' re-arms after a short
-        self._drive(chg, dsg, pchg)
-        # An alert interrupt during the pin writes would be undone by them:
-        # look again afterwards.
-        if self._alert[0]:
-            self._drive(False, False, False)
-
-    def _drive(self, chg, dsg, pchg):
-        on = self.on
-        self.chg_pin.value(on if chg else 1 - on)
-        self.dsg_pin.value(on if dsg else 1 - on)
-        if self.pchg_pin is not None:
-            self.pchg_pin.value(on if pchg else 1 - on)
+        self.gates.set(chg, dsg, pchg)
 
     def set_balancing(self, mask):
         if self.bleeders is not None:
             self.bleeders.set(mask)
 
     def clear_faults(self):
-        # Clear first, then look at the line: an interrupt in between sets the
-        # flag again, and a comparator still asserting means the short is
-        # still there. Returns True if the hardware fault is gone.
-        self._alert[0] = 0
-        if self.ina is not None and not self.ina.clear_alert():
-            self._alert[0] = 1
-        p = self._alert_pin
-        if p is not None and p.value() != self._alert_idle:
-            self._alert[0] = 1
-        return not self._alert[0]
+        # True if the hardware fault is gone (the monitor's latch, then the line).
+        return self.gates.release(self.ina is not None and not self.ina.clear_alert())
