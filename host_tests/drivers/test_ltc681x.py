@@ -152,14 +152,67 @@ def test_thermistor_temperatures_against_the_beta_formula():
         assert m.temp_status[i] == NTC_OK
     assert abs(m.board_dc - 600) <= 2 and m.board_status == NTC_OK
     # Between table points, against the Beta formula: R = 10k exp(3435 (1/T - 1/298.15)),
-    # pin = 3.0 V x R / (R + 10k) on the far device's GPIO2.
+    # pin = 3.0 V x R / (R + 10k) on the far device's GPIO2. The GPIOs are
+    # converted every 2 s (between two reads): a change shows within 2 s
+    # and one tick, every reading complete meanwhile.
     w.set_temp(3, 31.3)
-    assert _tick(w, afe, m)
-    assert abs(m.temps_dc[3] - 313) <= 3
+    assert _ticks_until(w, afe, m, lambda: abs(m.temps_dc[3] - 313) <= 3) <= 21
     w.set_fault("ntc_open", True, 2)
     w.set_fault("ntc_short", True, 3)
-    assert _tick(w, afe, m)
+    assert _ticks_until(w, afe, m, lambda: m.temp_status[1] == NTC_OPEN) <= 21
     assert m.temp_status[1] == NTC_OPEN and m.temp_status[2] == NTC_SHORT and m.temp_status[0] == NTC_OK
+
+
+def _ticks_until(w, afe, m, cond, limit=40):
+    # 100 ms ticks until cond() holds; every read a complete reading.
+    for n in range(1, limit + 1):
+        assert _tick(w, afe, m)
+        if cond():
+            return n
+    return limit + 1
+
+
+@_isolated
+def test_a_read_waits_only_for_the_cell_and_sum_of_cells_conversions():
+    # The GPIO conversion runs between reads; each read waits for ADCV and
+    # ADSTAT only (2.6 + 0.5 ms), sends a bounded number of frames and
+    # leaves the chain idle (no conversion running) unless it started the
+    # GPIO conversion for the next read.
+    w, afe, _cur = _setup()
+    for k in range(24):
+        w.set_cell(k + 1, 3200 + k)
+    m = _m(afe)
+    chain = w.afe_chip
+    assert _tick(w, afe, m)
+    started = 0
+    for _ in range(40):
+        w.advance(100)
+        t0 = w.time_us()
+        f0 = chain.frames
+        assert afe.read(m) and _cells_ok(m)
+        assert w.time_us() - t0 <= 3200, w.time_us() - t0
+        assert chain.frames - f0 <= 16, chain.frames - f0  # 13 + the configuration check every 4th read
+        if chain.hw_state()["converting"] == [True, True]:
+            started += 1  # the GPIO conversion for the next read
+    assert 1 <= started <= 3  # every 2 s: twice in 4 s
+    # A read right after the one that started the GPIO conversion (no time
+    # between them) waits for it rather than cutting it short.
+    w.set_temp(0, 45.0)
+    for _ in range(30):
+        w.advance(100)
+        assert afe.read(m)
+        if chain.hw_state()["converting"] == [True, True]:
+            break
+    t0 = w.time_us()
+    assert afe.read(m) and abs(m.temps_dc[0] - 450) <= 2
+    assert w.time_us() - t0 >= 2600 + 2600 + 500
+    assert afe.crc_errors == 0 and afe.bus_errors == 0
+    # The first read after init() converts the GPIOs itself (and waits).
+    afe.init(24)
+    w.advance(100)
+    t0 = w.time_us()
+    assert afe.read(m)
+    assert w.time_us() - t0 >= 5700
 
 
 @_isolated
@@ -221,6 +274,53 @@ def test_a_lost_balancing_write_is_found_and_written_again():
     assert _tick(w, afe, m)  # the configuration check sees the difference
     afe.set_balancing(1 << 3 | 1 << 15)
     assert chip.bleed_mask() == 1 << 3 | 1 << 15
+
+
+class _FlipReplies:
+    # One bit error on MISO in every long frame, at the next of the given
+    # byte positions (the MCU's PEC check sees it).
+    def __init__(self, spi, positions):
+        self.spi = spi
+        self.positions = positions
+        self.k = 0
+        self.both = False  # also device 1's group (byte 14) in every frame
+
+    def write_readinto(self, tx, rx):
+        self.spi.write_readinto(tx, rx)
+        if len(rx) > 5:
+            rx[self.positions[self.k % len(self.positions)]] ^= 0x04
+            if self.both:
+                rx[14] ^= 0x04
+            self.k += 1
+
+
+@_isolated
+def test_a_read_keeps_the_groups_that_came_through_intact():
+    # Every group read is hit: device 0's group in one frame, device 1's in
+    # the next. No single frame is intact, but each device's group arrives
+    # intact in one of two: the reading completes, with the right values.
+    w, afe, _cur = _setup()
+    for k in range(24):
+        w.set_cell(k + 1, 3200 + k)
+    m = _m(afe)
+    assert _tick(w, afe, m)
+    crc = afe.crc_errors
+    afe.spi = _FlipReplies(afe.spi, (6, 14))  # byte 6: device 0's group, byte 14: device 1's
+    for _ in range(5):
+        for k in range(24):
+            m.cells_mv[k] = 0
+        assert _tick(w, afe, m) and _cells_ok(m)
+    assert afe.crc_errors - crc >= 25  # one per group read (5 a read at least)
+    # Both groups of every frame hit: no reading.
+    afe.spi = _FlipReplies(afe.spi.spi, (6,))
+    afe.spi.both = True
+    try:
+        _tick(w, afe, m)
+        assert False, "read through a link that spoils every group"
+    except ChipReset:
+        assert False, "bit errors are not a reset"
+    except OSError:
+        pass
 
 
 @_isolated
@@ -442,9 +542,12 @@ class _Recorder:
 
 
 class _Replay:
-    # Answers from the recording without allocating.
+    # Answers from the recording without allocating. hits: while on, a bit
+    # error in device 0's group of one long reply, device 1's of the next.
     def __init__(self, replies):
         self.replies = replies
+        self.hits = False
+        self.k = 0
 
     def write_readinto(self, tx, rx):
         if len(tx) < 4:
@@ -452,6 +555,9 @@ class _Replay:
         r = self.replies.get(tx[0] << 8 | tx[1])
         for i in range(len(rx)):
             rx[i] = 0xFF if r is None else r[i]
+        if self.hits and len(rx) > 5 and r is not None:
+            rx[14 if self.k & 1 else 6] ^= 0x04
+            self.k += 1
 
 
 class _Pin:
@@ -499,11 +605,13 @@ def test_read_set_fets_and_set_balancing_do_not_allocate():
     afe._ticks = clock.ticks
     afe._sleep_us = _nothing
     afe.current.fresh = True
+    clock.now = w.ticks_ms()
     ok = 0
     micropython.heap_lock()
     try:
-        for i in range(12):
+        for i in range(40):  # 4 s: the GPIO conversion started between reads and read back
             clock.now += 100
+            afe.spi.hits = i >= 30  # the last ones: groups kept from one frame to the next
             if afe.read(m):
                 ok += 1
             afe.set_fets(True, True)
@@ -511,7 +619,7 @@ def test_read_set_fets_and_set_balancing_do_not_allocate():
             afe.set_fets(True, i & 1 == 0)
     finally:
         micropython.heap_unlock()
-    assert ok == 12 and _cells_ok(m)
+    assert ok == 40 and _cells_ok(m) and afe.crc_errors >= 50
     assert afe.chg_pin.v == 1
 
 

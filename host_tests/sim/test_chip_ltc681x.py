@@ -323,6 +323,37 @@ def test_adcv_with_dcp_0_opens_the_switches_while_it_converts():
 
 
 @_isolated
+def test_a_conversion_with_no_bleeder_on_leaves_the_circuit_alone():
+    # DCP = 0 opens only switches that are on: with none on, the world is
+    # not told of a change (it would recompute the whole pack for nothing);
+    # with one on, it is told when the switch opens and when it closes.
+    w = _world()
+    link = Link(w)
+    link.wake()
+    link.write(chip.WRCFGA, [_cfg(), _cfg()])
+    calls = [0]
+    orig = w.changed
+
+    def counting():
+        calls[0] += 1
+        orig()
+
+    w.changed = counting
+    link.command(0x360)
+    w.sleep_us(2400)
+    link.command(0x568)  # ADSTAT
+    w.sleep_us(1600)
+    assert calls[0] == 0 and link.codes(chip.RDCVA)[0][0] != 0xFFFF
+    link.write(chip.WRCFGA, [_cfg(dcc=0x004), _cfg()])
+    assert calls[0] == 1 and w.bleeding(2)
+    link.command(0x360)
+    assert calls[0] == 2 and not w.bleeding(2)
+    w.sleep_us(2400)
+    assert link.chain.bleed_mask() == 1 << 2
+    assert calls[0] == 3 and w.bleeding(2)
+
+
+@_isolated
 def test_gpio_voltages_from_the_thermistor_dividers_and_the_second_reference():
     w = _world()
     link = Link(w)
@@ -452,6 +483,10 @@ def test_fewer_cells_sit_on_the_lowest_inputs_of_each_device():
     d = link.codes(chip.RDCVD)  # inputs 10-12
     assert d[0] == [30090, 0, 0] and d[1] == [30190, 0, 0]
     assert link.codes(chip.RDCVA)[1] == [30100, 30110, 30120]  # device 1 starts at cell 11
+    # Its switches the same way: input 1 is cell 11, input 10 cell 20; input 12 bridges no cell.
+    link.write(chip.WRCFGA, [_cfg(dcc=0x002), _cfg(dcc=0x201 | 0x800)])
+    assert link.chain.bleed_mask() == 1 << 1 | 1 << 10 | 1 << 19
+    assert w.bleeding(10) and w.bleeding(19) and not w.bleeding(9)
 
 
 @_isolated
@@ -483,6 +518,12 @@ def test_ltc6813_has_18_cells_and_group_b():
     assert link.codes(chip.RDCVF) == [[31150, 31160, 31170]]
     data, ok = link.read(chip.RDCFGB)[0]
     assert ok and data[0] == 0x1F and data[1] == 0x02
+    # No discharge timer: the watchdog resets group B too (read again, not
+    # the reply from before it slept).
+    w.advance(2100)
+    link.wake()
+    data, ok = link.read(chip.RDCFGB)[0]
+    assert ok and data == bytes(chip.CFGB_POR) and link.chain.bleed_mask() == 0
 
 
 @_isolated

@@ -61,10 +61,23 @@ Written from the datasheets (facts in afe-facts.md B3, LTC6804-1 pp. 27-30,
   byte, so it ignores every frame.
 
 Not modelled: open-wire (ADOW), self tests (CVST, AXST, STATST), DIAGN,
-PWM, the LTC6813 GPIO6-9 and AUXC/AUXD (so no UV/OV flags for cells 13-18),
+the combined conversions ADCVAX and ADCVSC (ignored: no conversion), PWM,
+the LTC6813 GPIO6-9 and AUXC/AUXD (so no UV/OV flags for cells 13-18),
 S-pin PWM, thermal shutdown, the MUTE/UNMUTE commands.
 
 Runs under CPython and MicroPython.
+
+Speed (the model runs inside the MicroPython scenarios, on every bus
+transfer): what only time changes (conversions ending, watchdog, discharge
+timer, idle ports) is brought up to date once per virtual microsecond, not
+again on every CS edge and transfer at that instant (nothing started at an
+instant falls due at that same instant); the PEC of each distinct command
+word, and the chain's reply (groups + PECs) to each read command, are
+computed once and kept until a register group changes (the configuration
+group A, which reads pin levels and the time left, is built every time);
+the world is told of a circuit change only when a discharge switch really
+opens or closes. The checks are unchanged: every frame's command PEC and
+every written group's PEC is compared with what was received.
 """
 
 from chips.checks import pec15
@@ -122,6 +135,9 @@ CFGB_POR = (0x0F, 0, 0, 0, 0, 0)  # LTC6813: GPIO6-9 pull-downs off
 REV = 1  # revision code in STATB byte 5 (any value; it enters the PEC)
 
 _FFFF = 0xFFFF
+_FF8 = b"\xff" * 8  # a reply group nobody drives
+_CMD_PEC = {}  # command word -> its PEC (computed once per distinct word)
+_NO_CACHE = (RDCFGA,)  # read as pin levels and time left: never the same twice
 
 
 def _group(codes, first):
@@ -164,6 +180,21 @@ class Device:
         self.last_signal = 0
         self.last_act = 0
         self.dcto_end = None  # us when the discharge timer runs out
+        self.touched()
+
+    def touched(self):
+        # A register group changed: replies (and their PECs) are built again.
+        self.chain.replies.clear()
+
+    def reply(self, cmd, now):
+        """The 8 bytes this device clocks out for read command cmd (None: not a read)."""
+        g = self.read_group(cmd, now)
+        if g is None:
+            return None
+        p = pec15(g)
+        g.append(p >> 8)
+        g.append(p & 0xFF)
+        return g
 
     # -- registers as read --
 
@@ -244,6 +275,7 @@ class Device:
     def write_cfgb(self, data, now):
         old = self.dcc()
         self.cfgb[0:6] = data
+        self.touched()
         self._restart_timer(now)
         if self.dcc() != old:
             self.chain.world.changed()
@@ -261,6 +293,7 @@ class Device:
         self.cfga[5] &= 0xF0
         self.cfgb[0] &= 0x0F
         self.cfgb[1] &= 0xFC
+        self.touched()
         if old:
             self.chain.world.changed()
 
@@ -301,6 +334,7 @@ class Device:
             self.cfga[4] = 0
             self.cfgb[0:6] = bytearray(CFGB_POR)
             self.chain.world.changed()
+        self.touched()
         self.sleeping = True
         self.ready_at = None
 
@@ -312,15 +346,23 @@ class Device:
 
     def set_block(self, block):
         if block != self.dcp_block:
+            dcc = self.dcc()
+            was = dcc & ~self.dcp_block
             self.dcp_block = block
-            self.chain.world.changed()
+            if dcc & ~block != was:  # a switch that was on opens (or closes again)
+                self.chain.world.changed()
 
     def _commit(self, p):
         _done, kind, data = p
+        self.touched()
         if kind == "cv":
-            for i in data:
-                self.cv[i] = data[i]
-            self._flags(data)
+            if type(data) is list:  # all inputs
+                self.cv = data
+                self._flags(range(len(data)))
+            else:
+                for i in data:
+                    self.cv[i] = data[i]
+                self._flags(data)
             self.set_block(0)
         elif kind == "aux":
             for i in data:
@@ -329,20 +371,23 @@ class Device:
             for i in data:
                 self.stat[i] = data[i]
 
-    def _flags(self, codes):
+    def _flags(self, inputs):
         # Cells 1-12: C(i)UV in bit 2*(i%4), C(i)OV in bit 2*(i%4)+1 of byte i//4.
         uv = (self.vuv() + 1) * 16
         ov = self.vov() * 16
-        for i in codes:
+        cv = self.cv
+        flags = self.flags
+        for i in inputs:
             if i >= 12:
                 continue
             byte, bit = i // 4, 2 * (i % 4)
-            f = self.flags[byte] & ~(3 << bit)
-            if codes[i] < uv:
+            f = flags[byte] & ~(3 << bit)
+            c = cv[i]
+            if c < uv:
                 f |= 1 << bit
-            if codes[i] > ov:
+            if c > ov:
                 f |= 2 << bit
-            self.flags[byte] = f
+            flags[byte] = f
 
 
 class Ltc681xChain:
@@ -365,6 +410,11 @@ class Ltc681xChain:
         self.dten = cfg.get("dten", True)
         self._map_cells(world.pack.n)
         self._map_gpios(board)
+        self.replies = {}  # read command -> the whole chain's reply, while no group changed
+        reads = [RDCFGA, RDAUXA, RDAUXB, RDSTATA, RDSTATB, RDCVA, RDCVB, RDCVC, RDCVD]
+        if self.inputs > 12:
+            reads += [RDCFGB, RDCVE, RDCVF]
+        self._read_cmds = set(reads)
         self.devs = [Device(self, d) for d in range(self.n)]
         self.frames = 0  # frames the chain accepted (command PEC good)
         self.rejected = 0  # frames ignored for a bad command PEC
@@ -374,6 +424,7 @@ class Ltc681xChain:
         self._reach = 0
         self._cmd = None
         self._reply = None
+        self._adv_us = -1  # the instant the devices were last brought up to date
 
     # -- wiring --
 
@@ -381,10 +432,12 @@ class Ltc681xChain:
         if n > self.n * self.inputs:
             raise ValueError("%d cells: the chain measures at most %d" % (n, self.n * self.inputs))
         self.cell_of = []  # per device: pack cell index of each input, or -1
+        self._cells_at = []  # per device: (its inputs with a cell as a bit mask, its first pack cell)
         k = 0
         for d in range(self.n):
             share = n // self.n + (1 if d < n % self.n else 0)
             row = [-1] * self.inputs
+            self._cells_at.append(((1 << share) - 1, k))
             for i in range(share):
                 row[i] = k
                 k += 1
@@ -422,9 +475,11 @@ class Ltc681xChain:
         return self.world.time_us()
 
     def advance(self):
-        now = self.now()
-        for dev in self.devs:
-            dev.advance(now)
+        now = self.world.time_us()
+        if now != self._adv_us:  # at the same instant nothing new can fall due
+            self._adv_us = now
+            for dev in self.devs:
+                dev.advance(now)
         return now
 
     def _on_step(self, _dt_ms):
@@ -434,11 +489,8 @@ class Ltc681xChain:
         self.advance()
         mask = 0
         for dev in self.devs:
-            dcc = dev.dcc() & ~dev.dcp_block
-            row = self.cell_of[dev.index]
-            for i in range(self.inputs):
-                if dcc >> i & 1 and row[i] >= 0:
-                    mask |= 1 << row[i]
+            used, first = self._cells_at[dev.index]  # consecutive cells on the lowest inputs
+            mask |= (dev.dcc() & ~dev.dcp_block & used) << first
         return mask
 
     def power_on_reset(self):
@@ -515,63 +567,74 @@ class Ltc681xChain:
         return buses[self.bus].get("mode", self.spi_mode) == self.spi_mode
 
     def spi_transfer(self, tx):
+        # Byte k of the frame (counted from the CS falling edge) is the
+        # command, its PEC, then data; the command is decoded when its PEC's
+        # second byte arrives, and what the chain clocks out from frame byte
+        # 4 on is the reply (or the PLADC status) at that byte's position.
         now = self.advance()
         if not self._in_frame:  # CS was already low when the chip came up
             self._start_frame(now)
-        out = bytearray(b"\xff" * len(tx))
+        n = len(tx)
         if not self._mode_ok():
-            return bytes(out)  # every bit misread: nothing is a valid command
-        for j in range(len(tx)):
-            pos = len(self._rx)
-            self._rx.append(tx[j])
-            if pos == 3:
-                self._command(now)
-            elif pos >= 4:
-                out[j] = self._out_byte(pos - 4, now)
-        return bytes(out)
+            return b"\xff" * n  # every bit misread: nothing is a valid command
+        rx = self._rx
+        pos = len(rx)
+        rx.extend(tx)
+        end = pos + n
+        if pos < 4 <= end:
+            self._command(now)
+        cmd = self._cmd
+        if end <= 4 or cmd is None:
+            return b"\xff" * n
+        first = pos if pos > 4 else 4  # first frame position past the command
+        if cmd == PLADC:
+            for d in range(self._reach):
+                if self.devs[d].busy(now):
+                    out = bytearray(n)  # 0x00 while converting
+                    for j in range(first - pos):
+                        out[j] = 0xFF
+                    return out
+            return b"\xff" * n
+        rep = self._reply
+        if rep is None or first - 4 >= len(rep):
+            return b"\xff" * n
+        out = bytearray(b"\xff" * n)
+        seg = rep[first - 4:end - 4]
+        out[first - pos:first - pos + len(seg)] = seg
+        return out
 
     def _command(self, now):
         rx = self._rx
         if self._reach == 0:
             return
-        if pec15(rx[0:2]) != (rx[2] << 8 | rx[3]):
+        word = rx[0] << 8 | rx[1]
+        p = _CMD_PEC.get(word)
+        if p is None:
+            p = _CMD_PEC[word] = pec15(rx[0:2])
+        if p != (rx[2] << 8 | rx[3]):
             self.rejected += 1
             return
-        cmd = rx[0] << 8 | rx[1]  # CMD0 bits 7:3 are 0 in every command: others are unknown
+        cmd = word  # CMD0 bits 7:3 are 0 in every command: others are unknown
         self.frames += 1
         self._cmd = cmd
         self._reply = None
         if self._is_read(cmd):
-            rep = bytearray()
-            for d in range(self.n):
-                g = self.devs[d].read_group(cmd, now) if d < self._reach else None
-                if g is None:
-                    rep += b"\xff" * 8
-                else:
-                    p = pec15(g)
-                    rep += g + bytes((p >> 8, p & 0xFF))
+            reach = self._reach
+            rep = self.replies.get(cmd) if reach == self.n else None
+            if rep is None:
+                rep = bytearray()
+                devs = self.devs
+                for d in range(self.n):
+                    g = devs[d].reply(cmd, now) if d < reach else None
+                    rep += _FF8 if g is None else g
+                if reach == self.n and cmd not in _NO_CACHE:
+                    self.replies[cmd] = rep
             self._reply = rep
         else:
             self._action(cmd, now)
 
     def _is_read(self, cmd):
-        if cmd in (RDCFGA, RDAUXA, RDAUXB, RDSTATA, RDSTATB, RDCVA, RDCVB, RDCVC, RDCVD):
-            return True
-        return self.inputs > 12 and cmd in (RDCFGB, RDCVE, RDCVF)
-
-    def _out_byte(self, i, now):
-        cmd = self._cmd
-        if cmd is None:
-            return 0xFF
-        if cmd == PLADC:
-            for d in range(self._reach):
-                if self.devs[d].busy(now):
-                    return 0x00
-            return 0xFF
-        rep = self._reply
-        if rep is not None and i < len(rep):
-            return rep[i]
-        return 0xFF
+        return cmd in self._read_cmds
 
     def _write(self, cmd, now):
         if cmd == WRCFGB and self.inputs == 12:
@@ -599,13 +662,16 @@ class Ltc681xChain:
         if cmd == CLRCELL:
             for dev in devs:
                 dev.cv = [_FFFF] * self.inputs
+                dev.touched()
         elif cmd == CLRAUX:
             for dev in devs:
                 dev.aux = [_FFFF] * 6
+                dev.touched()
         elif cmd == CLRSTAT:
             for dev in devs:
                 dev.stat = [_FFFF] * 4
                 dev.flags = bytearray(b"\xff\xff\xff")
+                dev.touched()
         elif cmd & 0x668 == 0x260:  # ADCV
             md = (cmd >> 7) & 3
             dcp = (cmd >> 4) & 1
@@ -637,22 +703,31 @@ class Ltc681xChain:
         return now + t
 
     def _adcv(self, dev, md, dcp, ch, now):
+        n = self.inputs
+        row = self.cell_of[dev.index]
+        mv = self.world.cell_input_mv
         if ch == 0:
-            inputs = list(range(self.inputs))
-        else:
-            inputs = [i for i in range(ch - 1, self.inputs, 6)]
+            # Switches of the converted cells open first (DCP = 0), then sample.
+            dev.set_block(0 if dcp else (1 << n) - 1)
+            codes = [0] * n  # shorted inputs read 0
+            for i in range(n):
+                k = row[i]
+                if k >= 0:
+                    c = int(mv(k) * 10.0 + 0.5)  # _code(), inline: 24 cells per conversion
+                    codes[i] = 0 if c < 0 else (_FFFF - 1 if c >= _FFFF else c)
+            dev.start(self._done(dev, md, 0, now), "cv", codes)
+            return
+        inputs = [i for i in range(ch - 1, n, 6)]
         block = 0
         if not dcp:
             for i in inputs:
                 block |= 1 << i
-        # Switches of the converted cells open first (DCP = 0), then sample.
         dev.set_block(block)
-        row = self.cell_of[dev.index]
         codes = {}
         for i in inputs:
             k = row[i]
-            codes[i] = _code(self.world.cell_input_mv(k)) if k >= 0 else 0
-        dev.start(self._done(dev, md, 0 if ch == 0 else 1, now), "cv", codes)
+            codes[i] = _code(mv(k)) if k >= 0 else 0
+        dev.start(self._done(dev, md, 1, now), "cv", codes)
 
     def _adax(self, dev, md, chg, now):
         dev.set_block(0)
@@ -667,10 +742,10 @@ class Ltc681xChain:
         codes = {}
         if chst in (0, 1):
             total = 0.0
-            true_mv = getattr(self.world, "cell_true_mv", None)
+            mv = getattr(self.world, "cell_true_mv", None) or self.world.cell_input_mv
             for k in self.cell_of[dev.index]:
                 if k >= 0:
-                    total += true_mv(k) if true_mv is not None else self.world.cell_input_mv(k)
+                    total += mv(k)
             codes[0] = _code(total / 20.0)
         if chst in (0, 2):
             bt = getattr(self.world, "board_temp", None)

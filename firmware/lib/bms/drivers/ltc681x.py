@@ -5,22 +5,33 @@
 # Frames: CMD0 CMD1 PEC, then 6 data bytes + PEC per device: writes carry the
 # farthest device's group first, reads return the nearest device's first.
 # Every group read is checked against its PEC; a group that fails is read
-# again at most twice, then read() raises OSError.
+# again at most twice (groups that came through intact are kept), then
+# read() raises OSError.
 #
 # Cells: n cells on D devices: device d carries n // D of them (the lower
 # devices one more each while n % D lasts), consecutive, on its lowest
 # inputs (C1 up); its upper inputs are shorted on the board. With the
 # chain full, cell k (0-based) is input k % C of device k // C.
 #
-# Each read: CLRCELL/CLRAUX/CLRSTAT, then ADCV (7 kHz, DCP = 0: the
-# bleeders of a cell are off while it is measured), ADAX (GPIO1-5 and the
-# second reference), ADSTAT (sum of cells, an independent pack voltage),
-# each confirmed by a PLADC poll (resent if the chain refused it) and
-# followed by its conversion time; codes still at 0xFFFF mean a conversion
-# did not happen: no new reading. The configuration register is
-# read back every few reads (and after any sign of a reset): REFON, ADCOPT,
-# VUV or VOV back at power-on values means the chip slept (its 2 s watchdog)
-# or lost power: ChipReset.
+# Each read: CLRCELL and CLRSTAT, then ADCV (7 kHz, DCP = 0: the bleeders
+# of a cell are off while it is measured) and, once it has had its
+# conversion time, ADSTAT (7 kHz, sum of cells: an independent pack voltage
+# taken within a few ms of the cells); each conversion is confirmed by a
+# PLADC poll (resent if the chain refused it); codes still at 0xFFFF mean a
+# conversion did not happen: no new reading.
+# Thermistors: ADAX (GPIO1-5 and the second reference, after CLRAUX) is
+# started at the end of a read every _AUX_MS (2 s) and its codes are read
+# at the next read, so it converts between ticks and costs no waiting; the
+# temperatures are therefore up to _AUX_MS plus one tick old. That is safe:
+# a thermistor on a cell or a FET follows with a time constant of many
+# seconds to minutes, and the temperature rows have delays of seconds
+# (temp_delay_ms); fast faults (shorts, over-current) come from the current
+# monitor's alert and the current, which are read every tick. The first
+# read after init() converts the GPIOs at once (and waits for them), so a
+# reading is never complete without temperatures.
+# The configuration register is read back every few reads (and after any
+# sign of a reset): REFON, ADCOPT, VUV or VOV back at power-on values means
+# the chip slept (its 2 s watchdog) or lost power: ChipReset.
 #
 # The chips' watchdog: without a wake-up signal for 2 s a device resets its
 # configuration and sleeps; balancing therefore also carries a discharge
@@ -61,6 +72,11 @@ _ADSTAT_SC = const(0x468 | (_MD << 7) | 1)  # CHST = 1: sum of cells only
 _T_CV_US = const(2600)
 _T_AUX_US = const(2600)
 _T_SC_US = const(500)
+_AUX_MS = const(2000)  # the GPIOs (thermistors) are converted this often
+_AUX_WAIT_MS = const(4)  # a GPIO conversion started this many ms ago is done (2.3 ms with REFON)
+_AUX_NONE = const(0)  # no temperatures since init(): convert and wait in this read
+_AUX_IDLE = const(1)  # temperatures in hand, no GPIO conversion running
+_AUX_RUNNING = const(2)  # a GPIO conversion started at an earlier read
 
 _T_WAKE_US = const(450)  # per device, from SLEEP (t_WAKE 400 us)
 _T_READY_US = const(15)  # per device, from an idle isoSPI port (t_READY 10 us)
@@ -132,20 +148,30 @@ class Ltc681x(Afe):
         self.bus_errors = 0
 
         n = 4 + 8 * devices
-        self._tx = bytearray(n)  # command + PEC, then 0xFF while reading
+        self._tx = bytearray(b"\xff" * n)  # command + PEC, then always 0xFF (clocks the reply out)
         self._rx = bytearray(n)
         self._wtx = bytearray(n)  # write frames
         self._tx4 = memoryview(self._tx)[0:4]
         self._rx4 = memoryview(self._rx)[0:4]
         self._tx5 = memoryview(self._tx)[0:5]  # PLADC and one poll byte
         self._rx5 = memoryview(self._rx)[0:5]
-        self._dummy = bytearray(b"\xff")
+        self._hold = bytearray(n)  # groups that came through intact, while a read is retried
+        self._have = bytearray(devices)
+        # The PEC of every command this driver sends, computed once (the
+        # data PECs are computed per frame).
+        self._pecs = {}
+        hdr = bytearray(2)
+        for c in (_WRCFGA, _RDCFGA, _WRCFGB, _RDCFGB, _RDCVA, _RDCVB, _RDCVC, _RDCVD, _RDCVE, _RDCVF,
+                  _RDAUXA, _RDAUXB, _RDSTATA, _CLRCELL, _CLRAUX, _CLRSTAT, _PLADC, _ADCV, _ADAX, _ADSTAT_SC):
+            hdr[0] = c >> 8
+            hdr[1] = c & 0xFF
+            self._pecs[c] = pec15(hdr, 0, 2)
         self._cv_cmds = bytearray((_RDCVA, _RDCVB, _RDCVC, _RDCVD, _RDCVE, _RDCVF))
         self._all = (1 << self.max_cells) - 1
         self._cfg = bytearray(6 * devices)  # CFGA wanted per device (device 0 first)
         self._cfgb = bytearray(6 * devices)  # LTC6813 CFGB
         self._cell_of = array("h", [-1] * (devices * self.inputs))  # input -> cell index
-        self._aux = array("i", [0] * (6 * devices))  # G1V..G5V, REF codes per device
+        self._gv = array("i", [0] * (6 * devices))  # G1V..G5V, REF codes per device
         self._vuv = 0
         self._vov = 0
         self._mask = 0
@@ -156,6 +182,8 @@ class Ltc681x(Afe):
         self._reads = 0
         self._check_due = True
         self._cur_ms = 0
+        self._aux = _AUX_NONE
+        self._aux_ms = 0
         self._map(self.max_cells)
         self._set_cfg()
 
@@ -223,10 +251,12 @@ class Ltc681x(Afe):
                 break
         else:
             raise OSError(_EIO)
+        self._last_ms = self._ticks()
         self._bal_dirty = False
-        self._bal_ms = self._ticks()
+        self._bal_ms = self._last_ms
         self._reads = 0
         self._check_due = False
+        self._aux = _AUX_NONE
         if self.current is not None:
             self.current.init()
             self.current_max_ma = self.current.current_max_ma
@@ -275,6 +305,7 @@ class Ltc681x(Afe):
                 break
         else:
             raise OSError(_EIO)
+        self._last_ms = self._ticks()
         return {
             "alert_ma": trip if self.current is not None else 0,
             "cell_ov_mv": (self._vov * 16 + 5) // 10,
@@ -284,17 +315,23 @@ class Ltc681x(Afe):
     # ---- link ----------------------------------------------------------------
 
     def _xfer(self, tx, rx):
+        # One frame. _last_ms (the last activity the chain saw) is set by
+        # each public operation as it ends, not per frame: an operation
+        # lasts milliseconds, the chain idles after 4.3 ms at the earliest
+        # and sleeps after 1.8 s, and _wake() only needs it at the start of
+        # the next operation.
         cs = self.cs
         cs.value(0)
         try:
             self.spi.write_readinto(tx, rx)
         finally:
             cs.value(1)
-        self._last_ms = self._ticks()
 
     def _wake(self):
-        # A CS pulse per device: each passes the awake devices and wakes
-        # the next. From sleep each needs t_WAKE, an idle port t_READY.
+        # A CS pulse per device (the LTC6820 turns each edge into a long
+        # isoSPI pulse; no byte is needed): each passes the awake devices
+        # and wakes the next. From sleep each needs t_WAKE, an idle port
+        # t_READY.
         gap = time.ticks_diff(self._ticks(), self._last_ms)
         if self._asleep or gap >= _SLEEP_MS:
             wait = _T_WAKE_US
@@ -303,16 +340,18 @@ class Ltc681x(Afe):
             wait = _T_READY_US
         else:
             return
+        cs = self.cs
         for _ in range(self.n_dev):
-            self._xfer(self._dummy, self._dummy)
-            self._dummy[0] = 0xFF
+            cs.value(0)
+            cs.value(1)
             self._sleep_us(wait)
         self._asleep = False
+        self._last_ms = self._ticks()
 
     def _put_cmd(self, buf, cmd):
         buf[0] = cmd >> 8
         buf[1] = cmd & 0xFF
-        p = pec15(buf, 0, 2)
+        p = self._pecs[cmd]
         buf[2] = p >> 8
         buf[3] = p & 0xFF
 
@@ -330,7 +369,6 @@ class Ltc681x(Afe):
         for _ in range(_TRIES):
             self._command(cmd)
             self._put_cmd(tx, _PLADC)
-            tx[4] = 0xFF
             self._xfer(self._tx5, self._rx5)
             if self._rx[4] != 0xFF:
                 return
@@ -348,8 +386,6 @@ class Ltc681x(Afe):
     def _silent(self):
         tx = self._tx
         self._put_cmd(tx, _RDCFGA)
-        for i in range(4, len(tx)):
-            tx[i] = 0xFF
         rx = self._rx
         self._xfer(tx, rx)
         for i in range(4, len(rx)):
@@ -378,23 +414,33 @@ class Ltc681x(Afe):
 
     def _read(self, cmd):
         """Read one register group of every device into self._rx (device d
-        at 4 + 8 d), PEC checked; retried, then OSError."""
+        at 4 + 8 d), each group checked against its PEC. A frame with a bad
+        group is read again (the whole frame: an LTC681x-1 chain has no
+        per-device reads) at most twice; groups that came through intact
+        are kept, so the read is complete as soon as every device's group
+        has arrived intact in one of the frames (the registers do not change
+        between them). Otherwise OSError."""
         tx = self._tx
-        self._put_cmd(tx, cmd)
-        for i in range(4, len(tx)):
-            tx[i] = 0xFF
+        self._put_cmd(tx, cmd)  # bytes 4.. of _tx are always 0xFF
         rx = self._rx
+        hold = self._hold
+        have = self._have  # per device: 2 intact in this frame, 1 intact in hold
+        n = self.n_dev
+        for d in range(n):
+            have[d] = 0
         for _ in range(_TRIES):
             self._xfer(tx, rx)
             bad = 0
-            for d in range(self.n_dev):
+            for d in range(n):
                 o = 4 + 8 * d
-                if pec15(rx, o, o + 6) != (rx[o + 6] << 8 | rx[o + 7]):
-                    quiet = True
-                    for j in range(o, o + 8):
-                        if rx[j] != 0xFF:
-                            quiet = False
-                    bad = 2 if quiet and bad != 1 else 1
+                if pec15(rx, o, o + 6) == (rx[o + 6] << 8 | rx[o + 7]):
+                    have[d] |= 2
+                    continue
+                quiet = True
+                for j in range(o, o + 8):
+                    if rx[j] != 0xFF:
+                        quiet = False
+                bad = 2 if quiet and bad != 1 else 1
             if not bad:
                 return
             if bad == 2:
@@ -403,9 +449,24 @@ class Ltc681x(Afe):
                 if self.bus_errors < _ERR_CAP:
                     self.bus_errors += 1
                 self._asleep = True
-                self._wake()
             elif self.crc_errors < _ERR_CAP:
                 self.crc_errors += 1
+            complete = True
+            for d in range(n):
+                h = have[d]
+                if h & 2:
+                    o = 4 + 8 * d
+                    for j in range(o, o + 8):
+                        hold[j] = rx[j]
+                    have[d] = 1
+                elif not h:
+                    complete = False
+            if complete:
+                for j in range(4, len(rx)):
+                    rx[j] = hold[j]
+                return
+            if self._asleep:
+                self._wake()
         raise OSError(_EIO)
 
     def _check_config(self):
@@ -430,25 +491,36 @@ class Ltc681x(Afe):
     # ---- per tick ----------------------------------------------------------------
 
     def read(self, m):
+        try:
+            return self._read_all(m)
+        finally:
+            self._last_ms = self._ticks()
+
+    def _read_all(self, m):
         self._wake()
         self._reads += 1
         if self._check_due or self._reads >= _CHECK_EVERY:
             self._check_config()
         sleep = self._sleep_us
+        now = self._ticks()
+        if self._aux == _AUX_RUNNING:
+            # The GPIO conversion started at an earlier read: done unless
+            # this read follows within its conversion time.
+            if time.ticks_diff(now, self._aux_ms) < _AUX_WAIT_MS:
+                sleep(_T_AUX_US)
+            self._aux = _AUX_NONE  # until its codes are in
+            if not self._temps(m):
+                # No conversion happened: a chip that reset (no REFON:
+                # slower, or it slept) shows in its configuration.
+                self._check_config()
+                return False
+            self._aux = _AUX_IDLE
         self._command(_CLRCELL)
-        self._command(_CLRAUX)
         self._command(_CLRSTAT)
         self._convert(_ADCV)
         sleep(_T_CV_US)
-        self._convert(_ADAX)  # converts while the cell codes are read
+        self._convert(_ADSTAT_SC)  # converts while the cell codes are read
         if not self._cells(m):
-            # No conversion happened: a chip that reset (no REFON: slower,
-            # or it slept) shows in its configuration.
-            self._check_config()
-            return False
-        sleep(_T_AUX_US)
-        self._convert(_ADSTAT_SC)
-        if not self._temps(m):
             self._check_config()
             return False
         sleep(_T_SC_US)
@@ -463,6 +535,22 @@ class Ltc681x(Afe):
                 return False
             pack += soc * 2  # SOC x 20 x 100 uV
         m.pack_mv = pack
+        if self._aux == _AUX_NONE:
+            # No temperatures since init() (or the last ones failed): now.
+            self._command(_CLRAUX)
+            self._convert(_ADAX)
+            sleep(_T_AUX_US)
+            if not self._temps(m):
+                self._check_config()
+                return False
+            self._aux = _AUX_IDLE
+            self._aux_ms = now
+        elif self._aux == _AUX_IDLE and time.ticks_diff(now, self._aux_ms) >= _AUX_MS:
+            # Converts until the next read, which takes its codes.
+            self._command(_CLRAUX)
+            self._convert(_ADAX)
+            self._aux = _AUX_RUNNING
+            self._aux_ms = now
         fresh = True
         cur = self.current
         if cur is not None:
@@ -507,7 +595,7 @@ class Ltc681x(Afe):
         return True
 
     def _temps(self, m):
-        aux = self._aux
+        aux = self._gv
         rx = self._rx
         for half in range(2):
             self._read(_RDAUXB if half else _RDAUXA)
@@ -543,6 +631,7 @@ class Ltc681x(Afe):
         self._set_cfg()
         self._wake()
         self._write_cfg()  # no reply to check: the next configuration check reads it back
+        self._last_ms = now
         self._bal_ms = now
         self._bal_dirty = False
         self._check_due = True
