@@ -324,7 +324,7 @@ def _lib_files(dev):
 
 def _expected_drivers(board, follow_imports=True):
     want = {board["afe"]}
-    if follow_imports and board["afe"] in ("adc_direct",):
+    if follow_imports and board["afe"] in ("adc_direct", "ltc681x"):
         want.add("gpio_fets")  # FETs on GPIO: imported by those drivers
     if "ina226" in board.get("current", {}):
         want.add("ina226")

@@ -598,9 +598,9 @@ def test_read_set_fets_and_set_balancing_do_not_allocate():
     # MemoryError on any allocation).
     afe.spi = _Replay(rec.replies)
     afe.cs = _Pin()
-    afe.chg_pin = _Pin(0)
-    afe.dsg_pin = _Pin(0)
-    afe._alert_pin = _Pin(1)
+    afe.gates.chg_pin = _Pin(0)
+    afe.gates.dsg_pin = _Pin(0)
+    afe.gates.alert_pin = _Pin(1)
     clock = _Clock()
     afe._ticks = clock.ticks
     afe._sleep_us = _nothing
@@ -620,7 +620,7 @@ def test_read_set_fets_and_set_balancing_do_not_allocate():
     finally:
         micropython.heap_unlock()
     assert ok == 40 and _cells_ok(m) and afe.crc_errors >= 50
-    assert afe.chg_pin.v == 1
+    assert afe.gates.chg_pin.v == 1
 
 
 @_isolated

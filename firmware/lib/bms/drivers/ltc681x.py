@@ -43,6 +43,7 @@ from micropython import const
 
 from bms.afe import Afe, ChipReset, NTC_OK, NTC_OPEN, NTC_SHORT, HW_SCD
 from bms.drivers.crc import pec15
+from bms.drivers.gpio_fets import GpioFets
 from bms.ntc import OPEN_DC, SHORT_DC
 
 _WRCFGA = const(0x001)
@@ -121,10 +122,6 @@ class Ltc681x(Afe):
         self.inputs = 18 if variant == "ltc6813" else 12
         self.variant = variant
         self.current = current
-        self.chg_pin = chg_pin
-        self.dsg_pin = dsg_pin
-        self.pchg_pin = pchg_pin
-        self.on = 1 if active_high else 0
         self.ntcs = ntcs
         self.board_ntc = board_ntc
         for dev, gpio, _ntc in tuple(ntcs) + ((board_ntc,) if board_ntc is not None else ()):
@@ -187,12 +184,7 @@ class Ltc681x(Afe):
         self._map(self.max_cells)
         self._set_cfg()
 
-        # Written by the hard IRQ, read by the tick: a preallocated byte.
-        self._alert = bytearray(1)
-        self._alert_pin = alert_pin
-        self._alert_idle = 1 if alert_active_low else 0
-        self._alert_cb = self._on_alert  # bound once: creating it in the IRQ would allocate
-        self.set_fets(False, False)
+        self.gates = GpioFets(chg_pin, dsg_pin, pchg_pin, active_high, alert_pin, alert_active_low)
 
     # ---- set-up ----------------------------------------------------------------
 
@@ -561,17 +553,13 @@ class Ltc681x(Afe):
                 fresh = False  # the current monitor stopped converting
             m.current_ma = cur.current_ma
             if cur.alert:
-                self._alert[0] = 1
+                self.gates.latch[0] = 1
         else:
             m.current_ma = 0
-        # Level as well as edge: an interrupt that was lost (ESP32 pin IRQs
-        # are soft, scheduled) or an alert present since power-up still counts.
-        p = self._alert_pin
-        if p is not None and p.value() != self._alert_idle:
-            self._alert[0] = 1
-        if self._alert[0]:
-            self._drive(False, False, False)
-        m.hw_faults = HW_SCD if self._alert[0] else 0
+        g = self.gates
+        if g.asserted():
+            g.drive(False, False, False)
+        m.hw_faults = HW_SCD if g.latch[0] else 0
         return fresh
 
     def _cells(self, m):
@@ -636,33 +624,14 @@ class Ltc681x(Afe):
         self._bal_dirty = False
         self._check_due = True
 
-    # ---- FETs and the alert (as in adc_direct) ----------------------------------
+    # ---- FETs and the alert (gpio_fets, shared with adc_direct) -------------------
 
     def alert_handler(self):
         """The callable to attach to the alert pin's IRQ."""
-        return self._alert_cb
-
-    def _on_alert(self, _pin):
-        # Hard IRQ: latch first (a set_fets running under us re-checks it),
-        # then open the FETs now; the tick learns of it later. No allocation.
-        self._alert[0] = 1
-        self._drive(False, False, False)
+        return self.gates.handler()
 
     def set_fets(self, chg, dsg, pchg=False):
-        if self._alert[0]:
-            chg = dsg = pchg = False  # only 'clear' re-arms after a short
-        self._drive(chg, dsg, pchg)
-        # An alert interrupt during the pin writes would be undone by them:
-        # look again afterwards.
-        if self._alert[0]:
-            self._drive(False, False, False)
-
-    def _drive(self, chg, dsg, pchg):
-        on = self.on
-        self.chg_pin.value(on if chg else 1 - on)
-        self.dsg_pin.value(on if dsg else 1 - on)
-        if self.pchg_pin is not None:
-            self.pchg_pin.value(on if pchg else 1 - on)
+        self.gates.set(chg, dsg, pchg)
 
     def clear_faults(self):
         # The current monitor's latch first, then the pin: an alert still
@@ -673,11 +642,7 @@ class Ltc681x(Afe):
                 gone = self.current.clear_alert()
             except OSError:
                 gone = False
-        self._alert[0] = 0
-        p = self._alert_pin
-        if not gone or (p is not None and p.value() != self._alert_idle):
-            self._alert[0] = 1
-        return not self._alert[0]
+        return self.gates.release(not gone)
 
     def shutdown(self):
         # FETs off, bleeders off; the chips sleep by themselves 2 s after
@@ -720,10 +685,5 @@ def from_board(b, machine, sleep_us=None, ticks_ms=None):
     afe = Ltc681x(spi, cs, c.get("devices", 1), current, chg, dsg, pchg, hi, alert_pin,
                   al.get("active_low", True) if al else True, ntcs, board_ntc, c.get("variant", "ltc6811"), trip,
                   sleep_us, ticks_ms)
-    if alert_pin is not None:
-        trig = Pin.IRQ_FALLING if al.get("active_low", True) else Pin.IRQ_RISING
-        try:
-            alert_pin.irq(handler=afe.alert_handler(), trigger=trig, hard=True)
-        except (TypeError, ValueError):  # port without hard pin IRQs
-            alert_pin.irq(handler=afe.alert_handler(), trigger=trig)
+    afe.gates.attach(Pin.IRQ_FALLING, Pin.IRQ_RISING)
     return afe
