@@ -188,6 +188,17 @@ class Ltc681x(Afe):
 
     # ---- set-up ----------------------------------------------------------------
 
+    def _write_cfg_checked(self):
+        # Wake the chain, write every device's configuration, read it back.
+        self._wake()
+        for _ in range(_TRIES):
+            self._write_cfg()
+            if self._cfg_matches():
+                break
+        else:
+            raise OSError(_EIO)
+        self._last_ms = self._ticks()
+
     def _map(self, n):
         c = self._cell_of
         for i in range(len(c)):
@@ -236,14 +247,7 @@ class Ltc681x(Afe):
         self._map(n_cells)
         self._set_cfg()
         self._asleep = True
-        self._wake()
-        for _ in range(_TRIES):
-            self._write_cfg()
-            if self._cfg_matches():
-                break
-        else:
-            raise OSError(_EIO)
-        self._last_ms = self._ticks()
+        self._write_cfg_checked()
         self._bal_dirty = False
         self._bal_ms = self._last_ms
         self._reads = 0
@@ -290,14 +294,7 @@ class Ltc681x(Afe):
         self._vov = min(max(vov, 0), 0xFFF)
         self._vuv = min(max(vuv, 0), 0xFFF)
         self._set_cfg()
-        self._wake()
-        for _ in range(_TRIES):
-            self._write_cfg()
-            if self._cfg_matches():
-                break
-        else:
-            raise OSError(_EIO)
-        self._last_ms = self._ticks()
+        self._write_cfg_checked()
         return {
             "alert_ma": trip if self.current is not None else 0,
             "cell_ov_mv": (self._vov * 16 + 5) // 10,
