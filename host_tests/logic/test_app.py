@@ -391,3 +391,25 @@ def test_a_front_end_gets_5_s_to_its_first_reading_then_it_is_a_sensor_fault():
     afe.fresh = True
     run(bms, 25)
     assert afe.chg and afe.dsg
+
+
+class _DeafBleeders(FakeAfe):
+    """A chip whose balancing command fails (the FET pins still work)."""
+
+    deaf = False
+
+    def set_balancing(self, mask):
+        if self.deaf:
+            raise OSError(5)
+        FakeAfe.set_balancing(self, mask)
+
+
+def test_a_failing_bleeder_command_does_not_keep_the_fets_from_opening():
+    bms, afe = make_bms(_DeafBleeders())
+    run(bms, 3)
+    assert afe.chg and afe.dsg
+    afe.deaf = True
+    afe.cells_mv[0] = 3700  # the FET commands must still go out although every bleeder write fails
+    run(bms, 12)
+    assert not afe.chg and not afe.dsg and bms.tick_errors == 0
+    assert "cell_ov" in bms.prot.names(bms.prot.active) and "afe_comm" in bms.prot.names(bms.prot.active)

@@ -307,20 +307,24 @@ class Bms:
             mask = self.bal.decide(m.cells_mv, m.current_ma, forbid, m.board_dc if m.has_board_temp else -9999)
         else:
             self.bal.mask = 0
+        # Each command on its own: a bleeder write that fails must not keep
+        # the FET decision from reaching the gates. A command the chip did
+        # not take (its driver tried every path it has, e.g. FET-off pins)
+        # leaves things as the chip last had them, its own protection
+        # armed: a link failure (afe_comm), tried again next tick. Raising
+        # would starve the watchdog, and a reboot cannot fix a noisy bus.
+        failed = False
         try:
-            # Bleeders first: they need no working FET command to stop.
-            self.afe.set_balancing(mask)
             self.afe.set_fets(f.chg, f.dsg, f.pchg)
-            self._write_failed = False
         except OSError:
-            # The chip did not take the command (its driver already tried
-            # every path it has, e.g. FET-off pins). The FETs are then as the
-            # chip last had them, its own protection armed: count it as a
-            # link failure (afe_comm) and try again next tick. Raising would
-            # starve the watchdog, and a reboot cannot fix a noisy bus.
-            self._write_failed = True
-            if self.comm_errors < _COUNT_MAX:
-                self.comm_errors += 1
+            failed = True
+        try:
+            self.afe.set_balancing(mask)
+        except OSError:
+            failed = True
+        self._write_failed = failed
+        if failed and self.comm_errors < _COUNT_MAX:
+            self.comm_errors += 1
         if valid:
             if self.soc_known:
                 self.soc.update(m.current_ma, dt)
