@@ -413,3 +413,56 @@ def test_a_failing_bleeder_command_does_not_keep_the_fets_from_opening():
     run(bms, 12)
     assert not afe.chg and not afe.dsg and bms.tick_errors == 0
     assert "cell_ov" in bms.prot.names(bms.prot.active) and "afe_comm" in bms.prot.names(bms.prot.active)
+
+
+class _SlowSetup(FakeAfe):
+    """configure_protection takes long enough for the timer to fire inside it."""
+
+    bms = None
+    fail = None
+    reads_inside = 0
+    raise_in_setup = None
+
+    def configure_protection(self, cfg):
+        FakeAfe.configure_protection(self, cfg)
+        if self.bms is not None:
+            before = self.reads
+            self.bms._scheduled_tick(0)  # the timer's tick lands mid-sequence
+            self.reads_inside += self.reads - before
+        if self.raise_in_setup is not None:
+            raise self.raise_in_setup
+        return {}
+
+    reads = 0
+
+    def read(self, m):
+        self.reads += 1
+        return FakeAfe.read(self, m)
+
+
+def test_a_console_command_on_the_front_end_is_not_interleaved_with_a_tick():
+    bms, afe = make_bms(_SlowSetup())
+    run(bms, 3)
+    afe.bms = bms
+    missed = bms.missed_ticks
+    bms.apply_config(bms.cfg.with_values({"cell_ov_mv": 3640}))
+    assert afe.reads_inside == 0 and bms.missed_ticks == missed + 1
+    run(bms, 2)
+    assert afe.reads >= 5 and afe.chg  # ticks run again afterwards
+
+
+def test_a_console_change_the_chip_fails_to_take_is_refused_and_the_chip_set_up_again():
+    bms, afe = make_bms(_SlowSetup())
+    run(bms, 3)
+    afe.raise_in_setup = OSError(5)
+    old = bms.cfg
+    try:
+        bms.apply_config(bms.cfg.with_values({"cell_ov_mv": 3640}))
+        raise AssertionError("no error")
+    except OSError:
+        pass
+    assert bms.cfg is old and bms.reinit_pending  # nothing changed; the chip may be half set up
+    afe.raise_in_setup = None
+    inits = afe.inits
+    run(bms, 1)
+    assert afe.inits == inits + 1 and not bms.reinit_pending

@@ -40,7 +40,7 @@ def test_nmc_allows_what_lfp_forbids():
 def test_bad_values_and_keys():
     cfg = config.defaults("lfp")
     assert _error(lambda: cfg.with_value("cells", "four")) == "cells needs an integer, got four"
-    assert _error(lambda: cfg.with_value("cells", "49")) == "cells=49 out of range 1..48 (lfp)"
+    assert _error(lambda: cfg.with_value("cells", "31")) == "cells=31 out of range 1..30 (lfp)"
     assert _error(lambda: cfg.with_value("nosuch", "1")).startswith("unknown key nosuch")
     assert _error(lambda: cfg.with_value("chemistry", "lead")) == "chemistry=lead not one of lfp, nmc, lto"
 

@@ -76,6 +76,7 @@ class Bms:
         self.reinit_pending = False  # it did (or went silent), and setting it up again has not worked yet
         self._silent_ms = 0  # how long the front-end has not answered
         self._write_failed = False  # the last FET/bleeder command was not taken
+        self._afe_busy = False  # a console command is using the front-end
         self.hw_seen = 0  # HW_* bits the front-end reported on the last reading
         self.cfg = cfg  # apply_config's "previous config": none yet (n_cells 0)
         self.n_cells = 0
@@ -132,22 +133,26 @@ class Bms:
         why = self.board_problem(cfg, self.afe)
         if why:
             raise config.ConfigError(why)
-        if cfg["cells"] != self.n_cells:
-            try:
+        self._afe_busy = True
+        try:
+            if cfg["cells"] != self.n_cells:
                 self.afe.init(cfg["cells"])
-            except OSError:
-                if not first:  # a console change: say so, change nothing
-                    raise
-                # At boot a chip that does not answer must not stop the
-                # firmware: the tick sets it up when it answers (FETs off).
-                self.reinit_pending = True
-            self._forget_frozen()
+                self._forget_frozen()
+            if not self.reinit_pending:
+                self.afe.configure_protection(cfg)  # else _reinit does it
+        except OSError:
+            # The chip may be half set up: the tick sets it up again from
+            # scratch (FETs off meanwhile). At boot a chip that does not
+            # answer must not stop the firmware; a console change says so.
+            self.reinit_pending = True
+            if not first:
+                raise
+        finally:
+            self._afe_busy = False
         self.fets.configure(cfg)
         self.bal.configure(cfg, cfg["cells"])
         if first or cfg["capacity_mah"] != self.cfg["capacity_mah"]:
             self.soc.set_capacity(cfg["capacity_mah"])
-        if not self.reinit_pending:
-            self.afe.configure_protection(cfg)  # else _reinit does it
         self.prot.set_table(build_table(cfg))
         self.n_cells = cfg["cells"]
         old = self.cfg
@@ -193,6 +198,13 @@ class Bms:
 
     def _scheduled_tick(self, _arg):
         self._pending = False
+        if self._afe_busy:
+            # A console command is talking to the front-end (set-up, clear,
+            # ship): a tick now would interleave its bus traffic with that
+            # sequence. This period is lost, as when the loop is busy.
+            if self.missed_ticks < _COUNT_MAX:
+                self.missed_ticks += 1
+            return
         self.tick()
 
     # ---- the tick ----------------------------------------------------------------
@@ -490,11 +502,20 @@ class Bms:
 
     def ship(self):
         self.fets.enter_ship()
-        self.afe.shutdown()
+        self._afe_busy = True
+        try:
+            self.afe.shutdown()
+        finally:
+            self._afe_busy = False
 
     def clear(self):
         """Release latched faults: (how many released, names still present)."""
-        keep = 0 if self.afe.clear_faults() else 1 << SCD
+        self._afe_busy = True
+        try:
+            gone = self.afe.clear_faults()
+        finally:
+            self._afe_busy = False
+        keep = 0 if gone else 1 << SCD
         self._forget_frozen()
         return self.prot.clear_latched(keep), self.prot.names_in(keep)
 

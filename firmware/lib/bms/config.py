@@ -104,7 +104,7 @@ _V = None  # marker: range is the chemistry's absolute voltage limits
 
 # key: (min, max). Every key is an int except "chemistry".
 SCHEMA = {
-    "cells": (1, 48),  # the board may allow fewer (Bms.board_problem)
+    "cells": (1, 30),  # cell bit masks stay small ints; the board may allow fewer (Bms.board_problem)
     "capacity_mah": (100, 2000000),
     "tick_ms": (20, 1000),
     "cell_ov_mv": _V,

@@ -10,11 +10,14 @@
 # whose small ints are 31 bits.
 import time
 
+from micropython import const
+
 from bms.afe import Afe, NTC_OK, NTC_OPEN, NTC_SHORT, HW_SCD
 from bms.drivers.gpio_fets import GpioFets
 from bms.ntc import OPEN_DC, SHORT_DC
 
 _LIMIT = 1 << 30
+_INA_STALE_MS = const(1000)  # an INA226 converts every ~19 ms; a second without a result is a stopped chip
 
 
 class Linear:
@@ -184,6 +187,7 @@ class AdcDirect(Afe):
         self.pack_max_mv = pack_max_mv
         self.current = current
         self.ina = None if isinstance(current, tuple) else current
+        self._ina_ms = time.ticks_ms()
         self.alert_trip_ma = alert_trip_ma
         if self.ina is not None:
             current_max_ma = current_max_ma or self.ina.current_max_ma
@@ -221,6 +225,7 @@ class AdcDirect(Afe):
         return self.gates.handler()
 
     def read(self, m):
+        fresh = True
         prev = 0
         n = self.n_cells
         cells = m.cells_mv
@@ -242,7 +247,10 @@ class AdcDirect(Afe):
             # several times per tick, so a tick never reads a stale value
             # for long. OSError / ChipReset go to the core.
             try:
-                ina.read()
+                if ina.read():
+                    self._ina_ms = time.ticks_ms()
+                elif time.ticks_diff(time.ticks_ms(), self._ina_ms) > _INA_STALE_MS:
+                    fresh = False  # it stopped converting: its last current is no reading
             finally:
                 self.bus_errors = ina.bus_errors  # the link counters status shows
             m.current_ma = ina.current_ma
@@ -270,7 +278,7 @@ class AdcDirect(Afe):
             m.board_dc = t
             m.board_status = _ntc_status(t, ch.saturated)
         m.hw_faults = HW_SCD if self.gates.asserted() else 0
-        return True
+        return fresh
 
     def set_fets(self, chg, dsg, pchg=False):
         self.gates.set(chg, dsg, pchg)

@@ -564,10 +564,16 @@ class Bq769x2(Afe):
                 self._cmd(_ALL_FETS_OFF)
             else:
                 self._cmd(_ALL_FETS_ON)  # the pins hold what must stay off meanwhile
-                if want == 2:
-                    self._cmd(_CHG_PCHG_OFF)
-                elif want == 1:
-                    self._cmd(_DSG_PDSG_OFF)
+                try:
+                    if want == 2:
+                        self._cmd(_CHG_PCHG_OFF)
+                    elif want == 1:
+                        self._cmd(_DSG_PDSG_OFF)
+                except OSError:
+                    # ALL_FETS_ON went through but the FET that must stay off
+                    # was not blocked again: both off rather than that one on.
+                    self._cmd(_ALL_FETS_OFF)
+                    raise
             self._host = want
             self._fs_fresh = False
         # Close: the pins last.
