@@ -16,6 +16,7 @@ HW_OV = const(4)
 HW_UV = const(8)
 HW_OT = const(16)  # the chip's own over-temperature protection
 HW_OTHER = const(32)  # any other protection the chip acted on by itself
+HW_NAMES = ((HW_SCD, "scd"), (HW_OCD, "ocd"), (HW_OV, "ov"), (HW_UV, "uv"), (HW_OT, "ot"), (HW_OTHER, "other"))
 
 
 class ChipReset(OSError):

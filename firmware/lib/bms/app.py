@@ -28,13 +28,12 @@ _TEMP_MAX_DC = const(1250)
 _PACK_TOL_MV = const(250)
 _COUNT_MAX = const(0x3FFFFFFF)
 _DT_MAX_MS = const(2000)
-# Frozen inputs: see Bms._frozen.
-_REINIT_MS = const(5000)
+_REINIT_MS = const(5000)  # a silent front-end is set up again this often
 _BOOT_GRACE_S = const(5)  # a front-end may take this long to its first reading
+# Frozen inputs: see Bms._frozen.
 _FROZEN_MS = const(1000)
 _FROZEN_MV = const(10)
 _STILL_MV = const(3)
-HW_NAMES = ((HW_SCD, "scd"), (HW_OCD, "ocd"), (HW_OV, "ov"), (HW_UV, "uv"), (HW_OT, "ot"), (HW_OTHER, "other"))
 
 
 class Bms:
@@ -500,22 +499,22 @@ class Bms:
             return "%s held off by %s" % (("", "CHG", "DSG", "CHG and DSG")[bits & self.prot.forbid], ", ".join(held))
         return ""
 
-    def ship(self):
-        self.fets.enter_ship()
+    def _exclusive(self, fn):
+        # A console command talking to the front-end: no tick in between
+        # (see _scheduled_tick).
         self._afe_busy = True
         try:
-            self.afe.shutdown()
+            return fn()
         finally:
             self._afe_busy = False
 
+    def ship(self):
+        self.fets.enter_ship()
+        self._exclusive(self.afe.shutdown)
+
     def clear(self):
         """Release latched faults: (how many released, names still present)."""
-        self._afe_busy = True
-        try:
-            gone = self.afe.clear_faults()
-        finally:
-            self._afe_busy = False
-        keep = 0 if gone else 1 << SCD
+        keep = 0 if self._exclusive(self.afe.clear_faults) else 1 << SCD
         self._forget_frozen()
         return self.prot.clear_latched(keep), self.prot.names_in(keep)
 

@@ -1,6 +1,6 @@
 # One snapshot of the BMS that every protocol encodes (console text and JSON
 # now; Daly and Pylontech frames later). Built outside the tick.
-from bms.afe import NTC_OK
+from bms.afe import NTC_OK, HW_NAMES
 from bms.protection import N_ROWS
 
 
@@ -9,8 +9,6 @@ def _temp(dc, status):
 
 
 def hw_names(bits):
-    from bms.app import HW_NAMES
-
     return [name for bit, name in HW_NAMES if bits & bit]
 
 
