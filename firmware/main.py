@@ -39,6 +39,10 @@ def main(board_path="/board.json", config_path="/config.json"):
             reader.poll()
         except Exception as e:  # a console bug must not stop the console; the tick runs on regardless
             console.error("internal: %s: %s" % (type(e).__name__, e))
+        try:
+            bms.service()
+        except Exception as e:  # SOC or flash trouble must not stop the console or the tick
+            bms.service_error(e)
         machine.idle()
 
 

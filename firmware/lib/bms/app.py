@@ -87,6 +87,7 @@ class Bms:
         self._ms = 0
         self._last_ms = self._clock()
         self.tick_errors = 0
+        self.service_errors = 0  # main-loop work (SOC, flash) that raised
         self.missed_ticks = 0
         self.last_error = ""
         self.reset_cause = ""  # set by main.py from machine.reset_cause()
@@ -488,6 +489,20 @@ class Bms:
         avg = sum(self.m.cells_mv[i] for i in range(n)) // n
         self.soc.set_pct(soc_from_ocv(self.cfg["chemistry"], avg))
         self.soc_known = True
+
+    # ---- main-loop work ------------------------------------------------------------
+
+    def service(self):
+        """Work that must stay out of the tick, called from the main loop:
+        the state-of-charge estimator (floats), counters and the event log
+        to flash. Allocates; never touches the FETs. Returns quickly when
+        there is nothing to do."""
+        return None
+
+    def service_error(self, e):
+        if self.service_errors < _COUNT_MAX:
+            self.service_errors += 1
+        self.last_error = "service: %s: %s" % (type(e).__name__, e)
 
     # ---- commands ----------------------------------------------------------------
 
