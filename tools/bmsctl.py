@@ -254,6 +254,11 @@ def _extra_lines(s):
     return lines
 
 
+def _bal_state(s):
+    # Why the bleeders are as they are (firmware that reports it).
+    return " (%s)" % s["bal"] if s.get("bal") else ""
+
+
 def format_status(s):
     lines = ["state %s  CHG %s  DSG %s  SOC %s  uptime %s"
              % (s["state"], _on(s["chg"]), _on(s["dsg"]), _soc(s), _uptime(s["uptime_s"]))]
@@ -265,8 +270,8 @@ def format_status(s):
         lines.append(_temps_line(s))
     else:
         lines.append("no measurement yet")
-    lines.append("faults: %s  warnings: %s  balancing: %s"
-                 % (_names(s["faults"]), _names(s["warnings"]), _names(s["balancing"])))
+    lines.append("faults: %s  warnings: %s  balancing: %s%s"
+                 % (_names(s["faults"]), _names(s["warnings"]), _names(s["balancing"]), _bal_state(s)))
     lines.append(_errors_line(s["errors"]) + "  reset cause %s" % s.get("reset_cause", "?"))
     return "\n".join(lines + _extra_lines(s))
 
@@ -341,6 +346,8 @@ def render(status, cfg, width=80, color=True):
         lines.append("pack %.3f V  current %+.3f A" % (s["pack_mv"] / 1000, s["current_ma"] / 1000))
         lines += _cell_lines(s, cfg, width, color)
         lines.append("min %d mV  max %d mV  delta %d mV" % (min(cells), max(cells), max(cells) - min(cells)))
+        if s.get("bal"):
+            lines.append("balancing: %s" % s["bal"])
         lines.append(_temps_line(s))
     else:
         lines.append("no measurement yet")

@@ -274,6 +274,18 @@ def test_render_balancing_marks_and_min_max_delta():
     assert all(len(x) <= 80 for x in lines)
 
 
+def test_status_and_monitor_show_the_balancing_state():
+    s = dict(STATUS, bal="derated 1/2 (board 52 C)")
+    assert "faults: cell_uv  warnings: cell_ov  balancing: 2 (derated 1/2 (board 52 C))" in \
+        bmsctl.format_status(s).splitlines()
+    lines = frame_lines(s, color=False)
+    assert lines[lines.index("min 3290 mV  max 3310 mV  delta 20 mV") + 1] == "balancing: derated 1/2 (board 52 C)"
+    off = dict(STATUS, balancing=[], bal="off: spread 8 mV <= 15")
+    assert "faults: cell_uv  warnings: cell_ov  balancing: none (off: spread 8 mV <= 15)" in \
+        bmsctl.format_status(off).splitlines()
+    assert not any(x.startswith("balancing") for x in frame_lines(STATUS, color=False))  # older firmware: no line
+
+
 def test_render_summary_lines():
     lines = frame_lines(STATUS, color=False)
     assert lines[0] == "openbms  state normal  CHG on  DSG off  SOC --  uptime 1:02:05"

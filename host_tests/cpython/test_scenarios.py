@@ -90,9 +90,13 @@ def test_runs_are_deterministic(tmp_path):
      "expect[0]: cell 9, but the pack has 4 cells"),
     ({"expect": [{"expect": "fet_state", "at_s": 5}]}, "expect[0]: fet_state needs chg and/or dsg"),
     ({"expect": [{"expect": "resets"}]}, "expect[0]: resets needs min and/or max"),
+    ({"expect": [{"expect": "bled", "cells": []}]}, "expect[0]: cells must be a list of cell numbers"),
+    ({"expect": [{"expect": "bled", "cells": [2, 5]}]}, "expect[0]: cell 5, but the pack has 4 cells"),
+    ({"expect": [{"expect": "soc_spread_below"}]}, "expect[0]: pct is missing"),
 ], ids=["unknown-key", "negative-duration", "bad-source", "missing-condition", "bad-fet", "empty-action",
         "unknown-sim-command", "zero-sample", "soc-out-of-range", "amps-not-a-number", "cell-beyond-pack",
-        "fet-state-without-fet", "resets-without-bounds"])
+        "fet-state-without-fet", "resets-without-bounds", "bled-without-cells", "bled-cell-beyond-pack",
+        "soc-spread-without-pct"])
 def test_a_bad_scenario_is_a_one_line_error(tmp_path, change, message, capsys):
     sc = _charging([{"expect": "no_fault"}])
     sc.update(change)
@@ -100,6 +104,21 @@ def test_a_bad_scenario_is_a_one_line_error(tmp_path, change, message, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and res is None
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_bled_fails_when_another_cell_bleeds_or_a_named_one_does_not(tmp_path):
+    # The 4S board charging at 90 %: no cell stands out, nothing bleeds.
+    sc = _charging([{"expect": "bled", "cells": [1]}, {"expect": "soc_spread_below", "pct": 0.1}])
+    code, res = scenario.run_one(_write(tmp_path, sc), str(tmp_path / "out"), png=False, quiet=True)
+    first, second = res["expectations"]
+    assert code == 1 and not first["passed"] and first["detail"] == "bled nothing"
+    assert second["passed"] and second["detail"].startswith("SOC spread 0.00 % (0.00 % at the start)")
+    sc["pack"]["cells"] = {"2": {"soc_pct": 99}}
+    sc["expect"] = [{"expect": "bled", "cells": [2], "others_max_s": 0}, {"expect": "bled", "cells": [1]}]
+    code, res = scenario.run_one(_write(tmp_path, sc), str(tmp_path / "out2"), png=False, quiet=True)
+    first, second = res["expectations"]
+    assert first["passed"] and first["detail"].startswith("bled 2: "), first
+    assert not second["passed"]
 
 
 def test_a_refused_action_fails_the_run(tmp_path):

@@ -265,3 +265,120 @@ def test_mux_board_tick_runs_with_the_heap_locked():
     finally:
         micropython.heap_unlock()
     assert bms.valid and bms.tick_errors == 0, bms.last_error
+
+
+# ---- pausing the bleeders while the cells are read ----------------------------
+
+
+def _sim_board(path, wire_mohm, pause_us):
+    # The board's circuit with sense wires of wire_mohm each and pinned cells
+    # (no noise, no input error: readings repeat exactly).
+    import machine
+    import simworld
+    from bms import board
+    from bms.afe import Measurements
+
+    b = simworld.load_board(path)
+    b["sim"] = dict(b.get("sim") or {}, sense_wire_mohm=wire_mohm)
+    b["balance_pause_us"] = pause_us
+    world = machine.attach(simworld.SimWorld(b))
+    n = world.pack.n
+    for k in range(n):
+        world.set_cell(k + 1, 3400 + 10 * k)
+    afe = board.build_afe(b)
+    afe.init(n)
+    return world, afe, Measurements(n, afe.n_temps, afe.has_board_temp)
+
+
+def _read(afe, m):
+    assert afe.read(m)
+    return list(m.cells_mv)
+
+
+def test_bleeding_through_shared_sense_wires_reads_low_without_a_pause():
+    for path in ("boards/esp32_adc_4s.json", "boards/esp32_mux_16s.json"):
+        world, afe, m = _sim_board(path, 150, 0)
+        unbled = _read(afe, m)
+        afe.set_balancing(0b0101)
+        bled = _read(afe, m)
+        # 3.4 V / 33 Ohm through 150 mOhm: about 15 mV per wire
+        assert 25 <= unbled[0] - bled[0] <= 35 and 25 <= unbled[2] - bled[2] <= 35, (path, unbled, bled)
+        assert 25 <= bled[1] - unbled[1] <= 35 and 10 <= bled[3] - unbled[3] <= 20, (path, unbled, bled)
+
+
+def test_balance_pause_reads_the_cells_as_if_nothing_bled():
+    for path in ("boards/esp32_adc_4s.json", "boards/esp32_mux_16s.json"):
+        world, afe, m = _sim_board(path, 150, 500)
+        unbled = _read(afe, m)
+        afe.set_balancing(0b0101)
+        assert world.bleeding(0) and world.bleeding(2)
+        t0 = world.time_us()
+        assert _read(afe, m) == unbled, path
+        assert world.time_us() - t0 >= 500
+        assert world.bleeding(0) and world.bleeding(2) and not world.bleeding(1), path  # on again
+        afe.set_balancing(0)
+        t0 = world.time_us()
+        assert _read(afe, m) == unbled
+        assert not world.bleeding(0)
+
+
+def test_a_bad_balance_pause_in_the_board_file_is_refused():
+    import machine
+    import simworld
+    from bms import board
+
+    for bad in (-1, 20001, "500", 1.5):
+        b = simworld.load_board("boards/esp32_adc_4s.json")
+        b["balance_pause_us"] = bad
+        machine.attach(simworld.SimWorld(b))
+        try:
+            board.build_afe(b)
+            refused = ""
+        except ValueError as e:
+            refused = str(e)
+        assert refused.startswith("balance_pause_us must be an integer 0..20000"), (bad, refused)
+
+
+class _ByteLog:
+    def __init__(self):
+        self.buf = bytearray(32)
+        self.n = 0
+
+
+class _BytePin(_Pin):
+    # Logs (pin, level) into a bytearray: usable with the heap locked.
+    def __init__(self, log, k):
+        _Pin.__init__(self)
+        self.log = log
+        self.k = k
+
+    def value(self, v=None):
+        if v is not None:
+            log = self.log
+            log.buf[log.n] = self.k
+            log.buf[log.n + 1] = v
+            log.n += 2
+        return _Pin.value(self, v)
+
+
+def test_balance_pause_read_does_not_allocate():
+    import micropython
+    from bms.afe import Measurements
+    from bms.drivers.adc_direct import AdcDirect, PinBleeders
+
+    log = _ByteLog()
+    pins = [_BytePin(log, k) for k in range(2)]
+    taps = [(Channel(_Adc([1650000]), 1, True), Linear(2.0 * (i + 1))) for i in range(2)]
+    afe = AdcDirect(taps, (Channel(_Adc([1250000]), 1, True), Linear(100, -125000)), [], None,
+                    _Pin(), _Pin(), None, PinBleeders(pins), balance_pause_us=50)
+    m = Measurements(2, 0)
+    afe.set_balancing(0b10)
+    log.n = 0
+    micropython.heap_lock()
+    try:
+        afe.read(m)
+    finally:
+        micropython.heap_unlock()
+    # pin, level: both off for the reading, then as they were
+    assert list(log.buf[:log.n]) == [0, 0, 1, 0, 0, 0, 1, 1]
+    assert m.cells_mv[0] == 3300 and m.cells_mv[1] == 3300

@@ -44,9 +44,11 @@ _EXPECT = {
     "cell_max_below": (("mv",), ()),
     "cell_min_above": (("mv",), ()),
     "spread_below": (("mv",), ()),
+    "soc_spread_below": (("pct",), ()),
     "resets": ((), ("min", "max", "cause")),
     "fet_state": (("at_s",), ("chg", "dsg", "until_s")),
     "balanced": ((), ("min_cells",)),
+    "bled": (("cells",), ("min_s", "others_max_s")),
 }
 # A calibrated ESP32 board: 1 mV of noise per reading, and per input about
 # 1 mV of offset and 0.05 % of gain left after calibration (x2 at a cell
@@ -185,6 +187,12 @@ def _check_expect(e, where):
             raise ScenarioError("%s: cause can only be watchdog" % where)
     if kind == "balanced" and "min_cells" in e and (type(e["min_cells"]) is not int or e["min_cells"] < 1):
         raise ScenarioError("%s: min_cells must be a whole number from 1" % where)
+    if kind == "bled":
+        cells = e["cells"]
+        if not isinstance(cells, list) or not cells or any(type(c) is not int or c < 1 for c in cells):
+            raise ScenarioError("%s: cells must be a list of cell numbers" % where)
+        for k in ("min_s", "others_max_s"):
+            _num(e, k, where, 0, 1e9)
     if kind in ("no_fault",) and not isinstance(e.get("except", []), list):
         raise ScenarioError("%s: except must be a list of fault names" % where)
 
@@ -257,6 +265,9 @@ def check_against(sc, cells, n_sensors):
             raise ScenarioError("expect[%d]: cell %d, but the pack has %d cells" % (i, c["cell"], cells))
         if type(c.get("temp")) is int and c["temp"] > n_sensors:
             raise ScenarioError("expect[%d]: sensor %d, but the board has %d" % (i, c["temp"], n_sensors))
+        for n in e.get("cells", []) if e.get("expect") == "bled" else []:
+            if n > cells:
+                raise ScenarioError("expect[%d]: cell %d, but the pack has %d cells" % (i, n, cells))
     for n in (sc.get("pack", {}).get("cells") or {}):
         if not 1 <= int(n) <= cells:
             raise ScenarioError("pack: cells[%s], but the pack has %d cells" % (n, cells))
@@ -424,6 +435,13 @@ def describe(e):
         return "no cell below %d mV" % e["mv"]
     if k == "spread_below":
         return "cell spread below %d mV at the end" % e["mv"]
+    if k == "soc_spread_below":
+        return "cell SOC spread below %g %% at the end" % e["pct"]
+    if k == "bled":
+        return "bleeders on cell(s) %s%s%s" % (", ".join(str(c) for c in e["cells"]),
+                                               " for %g s or more" % e["min_s"] if "min_s" in e else "",
+                                               "; any other for %g s at most" % e["others_max_s"]
+                                               if "others_max_s" in e else "")
     if k == "resets":
         return "board resets %s..%s%s" % (e.get("min", 0), e.get("max", "any"),
                                           " (%s)" % e["cause"] if e.get("cause") else "")
@@ -462,6 +480,7 @@ class _Expect:
         self.already = False
         self.extreme = None
         self.soc_stats = (0, 0.0, 0.0)  # samples, sum of squared errors, worst error
+        self.bleed_s = None  # bled: seconds each cell's bleeder conducted
 
     def sample(self, t, fw_soc, true_soc):
         """A status sample (soc_within keeps running statistics, not samples)."""
@@ -498,6 +517,15 @@ class _Expect:
             v = min(w.cell_true_mv(i) for i in range(w.pack.n))
             if self.extreme is None or v < self.extreme:
                 self.extreme = v
+        elif k in ("spread_below", "soc_spread_below"):
+            if self.extreme is None:  # the spread at the start, for the report
+                self.extreme = _spread(w, k)
+        elif k == "bled":
+            if self.bleed_s is None:
+                self.bleed_s = [0.0] * w.pack.n
+            for i in range(w.pack.n):
+                if w.bleeding(i):
+                    self.bleed_s[i] += dt
         elif k == "fet_state" and self.e["at_s"] != "end" and t >= self.e["at_s"]:
             if not self.done:
                 self.extreme = (w.fet_on("chg"), w.fet_on("dsg"))
@@ -560,10 +588,20 @@ class _Expect:
         if k == "cell_min_above":
             return self.extreme > e["mv"], "lowest cell %.0f mV" % self.extreme
         if k == "spread_below":
-            w = r.world
-            vals = [w.cell_true_mv(i) for i in range(w.pack.n)]
-            d = max(vals) - min(vals)
-            return d < e["mv"], "spread %.0f mV" % d
+            d = _spread(r.world, k)
+            return d < e["mv"], "spread %.0f mV (%s mV at the start)" % (
+                d, "?" if self.extreme is None else "%.0f" % self.extreme)
+        if k == "soc_spread_below":
+            d = _spread(r.world, k)
+            return d < e["pct"], "SOC spread %.2f %% (%s %% at the start)" % (
+                d, "?" if self.extreme is None else "%.2f" % self.extreme)
+        if k == "bled":
+            secs = self.bleed_s or [0.0] * r.world.pack.n
+            want = e["cells"]
+            short = [c for c in want if secs[c - 1] <= 0 or secs[c - 1] < e.get("min_s", 0)]
+            others = [i + 1 for i in range(len(secs)) if i + 1 not in want and secs[i] > e.get("others_max_s", 1e18)]
+            detail = "bled " + (", ".join("%d: %.0f s" % (i + 1, secs[i]) for i in range(len(secs)) if secs[i]) or "nothing")
+            return not short and not others, detail
         if k == "resets":
             n = r.world.resets
             ok = e.get("min", 0) <= n <= e.get("max", n)
@@ -584,6 +622,13 @@ class _Expect:
                 r.bleed_mismatch, r.bleed_mismatch_at)
         return n >= e.get("min_cells", 1) and r.bled, "up to %d cell(s) at once reported; bleeders %s" % (
             n, "conducted" if r.bled else "never conducted")
+
+
+def _spread(w, kind):
+    # True cell voltages (mV) or cell SOC (%): highest minus lowest.
+    n = w.pack.n
+    vals = [w.cell_true_mv(i) if kind == "spread_below" else w.pack.cell_soc_pct(i) for i in range(n)]
+    return max(vals) - min(vals)
 
 
 def _state_is(e, st):

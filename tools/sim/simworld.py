@@ -134,6 +134,11 @@ _SIM_DEFAULTS = {
     "short_mohm": 5.0,  # the load_short fault
     "broken_charger_c": 0.3,  # a faulty charger that appears with charger_overvoltage: 0.3 C
     "power_up_595": 0xA5A5A5A5,  # arbitrary shift-register contents at power-up
+    # Resistance of each sense wire between a cell node and the board (wire,
+    # crimps, fuse): a bleeder's current flows through its cell's two, so
+    # while it conducts that cell reads low by 2 I R and its neighbours high
+    # by I R. 0 (the default): readings do not see the bleeders.
+    "sense_wire_mohm": 0.0,
 }
 _MAX_STEP_MS = 1000  # physics sub-step: sources change, integration stays fine
 _MIN_STEP_MS = 10  # shorter advances are added to the next physics step
@@ -391,6 +396,7 @@ class SimWorld:
             if f.get(name) is not None:
                 self._current_pins.add(f[name])
         self.bleed_ohm = b.get("balance_ohm", 33)
+        self.sense_wire_ohm = self.sim["sense_wire_mohm"] / 1000.0
         bal = b.get("balance")
         self._bleed_pins = None
         self.shift595 = None
@@ -586,7 +592,7 @@ class SimWorld:
             else:
                 cells.append(p.cell_mv(k, i))
         self._cell_mv = cells
-        inputs = self._in_mv = self._inputs(cells)
+        inputs = self._in_mv = self._inputs(self._at_board(cells, mask))
         now = {}  # pin -> uV
         for pin in self._analog:
             role = self._analog[pin]
@@ -600,6 +606,23 @@ class SimWorld:
         if self._mux:
             self._mux_now = [int(inputs[k] * 1000) if k >= 0 else 0 for k in self._mux_map]
         self._update_comparator()
+
+    def _at_board(self, cells, mask):
+        # Cell voltages between the sense wires' board ends (sense_wire_mohm).
+        rw = self.sense_wire_ohm
+        if not (rw and mask):
+            return cells
+        seen = list(cells)
+        n = len(cells)
+        for k in range(n):
+            if mask >> k & 1:
+                d = cells[k] * rw / self.bleed_ohm  # mV across one wire
+                seen[k] -= 2 * d
+                if k > 0:
+                    seen[k - 1] += d
+                if k + 1 < n:
+                    seen[k + 1] += d
+        return seen
 
     def _inputs(self, cells):
         # Every cell-measurement input in mV: tap k sees cells 1..k through

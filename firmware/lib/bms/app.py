@@ -150,7 +150,7 @@ class Bms:
         finally:
             self._afe_busy = False
         self.fets.configure(cfg)
-        self.bal.configure(cfg, cfg["cells"])
+        self.bal.configure(cfg, cfg["cells"], getattr(self.afe, "no_adjacent_mask", None))
         if first or cfg["capacity_mah"] != self.cfg["capacity_mah"]:
             self.soc.set_capacity(cfg["capacity_mah"])
         self.prot.set_table(build_table(cfg))
@@ -316,9 +316,10 @@ class Bms:
         f.update(forbid, valid, m.current_ma)
         mask = 0
         if valid and f.state != BOOT:
-            mask = self.bal.decide(m.cells_mv, m.current_ma, forbid, m.board_dc if m.has_board_temp else -9999)
+            # The bleeders heat the board: its sensor, else the hottest cell's.
+            mask = self.bal.decide(m.cells_mv, m.current_ma, p.active, m.board_dc if m.has_board_temp else q[Q_T_MAX])
         else:
-            self.bal.mask = 0
+            self.bal.stop()
         # Each command on its own: a bleeder write that fails must not keep
         # the FET decision from reaching the gates. A command the chip did
         # not take (its driver tried every path it has, e.g. FET-off pins)

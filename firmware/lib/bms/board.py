@@ -105,11 +105,14 @@ def _adc_direct(b):
     hi = f.get("active_high", True)
     pchg = _off_pin(f["precharge"], hi) if f.get("precharge") is not None else None
     bleeders = _bleeders(b.get("balance"))
+    pause = b.get("balance_pause_us", 0)
+    if type(pause) is not int or not 0 <= pause <= 20000:  # it lengthens every tick
+        raise ValueError("balance_pause_us must be an integer 0..20000, not %s" % (pause,))
     al = b.get("alert")
     alert_pin = Pin(al["pin"], Pin.IN) if al else None
     afe = AdcDirect(taps, current, ntcs, board_ntc, _off_pin(f["chg"], hi), _off_pin(f["dsg"], hi),
                     pchg, bleeders, hi, alert_pin, al.get("active_low", True) if al else True, c.get("max_ma", 0),
-                    inputs == "differential", pack, pack_max_mv, al.get("trip_ma", 0) if al else 0)
+                    inputs == "differential", pack, pack_max_mv, al.get("trip_ma", 0) if al else 0, pause)
     afe.gates.attach(Pin.IRQ_FALLING, Pin.IRQ_RISING)
     return afe
 

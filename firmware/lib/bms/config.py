@@ -139,7 +139,9 @@ SCHEMA = {
     "bal_start_mv": _V,
     "bal_delta_mv": (3, 500),
     "bal_max_cells": (0, 16),
-    "bal_idle": (0, 1),
+    "bal_idle": (0, 1),  # 0: bleed only while charging; 1: while charging or resting
+    # No bleeder at or above this (board sensor, else the hottest cell); fewer
+    # over the 10 C below it; again once temp_hyst_c below it.
     "bal_board_max_c": (30, 100),
     "precharge_ms": (100, 10000),
     "precharge_ma": (10, 100000),
@@ -166,6 +168,7 @@ def _rules(v):
         (v["chg_max_c"] - v["chg_min_c"] > v["temp_hyst_c"], "chg_max_c - chg_min_c must exceed temp_hyst_c (%d)" % v["temp_hyst_c"]),
         (v["dsg_max_c"] - v["dsg_min_c"] > v["temp_hyst_c"], "dsg_max_c - dsg_min_c must exceed temp_hyst_c (%d)" % v["temp_hyst_c"]),
         (v["chg_max_c"] <= v["dsg_max_c"], "chg_max_c must not exceed dsg_max_c (%d)" % v["dsg_max_c"]),
+        (v["bal_board_max_c"] < v["board_max_c"], "bal_board_max_c must be below board_max_c (%d)" % v["board_max_c"]),
         (v["dsg_min_c"] <= v["chg_min_c"], "dsg_min_c must not exceed chg_min_c (%d)" % v["chg_min_c"]),
     )
 

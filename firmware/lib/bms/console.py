@@ -38,7 +38,7 @@ _FET_BITS = {"chg": CHG, "dsg": DSG, "all": BOTH}
 # Keys first, in this order, in every JSON object (MicroPython dicts have no
 # order of their own); other keys follow sorted.
 _KEY_ORDER = ("state", "cells_mv", "pack_mv", "current_ma", "temps_c", "board_c", "soc_pct", "chg", "dsg",
-              "pchg", "precharge_failed", "faults", "warnings", "balancing", "uptime_s", "errors",
+              "pchg", "precharge_failed", "faults", "warnings", "balancing", "bal", "uptime_s", "errors",
               "hw_faults", "reset_cause", "config_problem",
               "name", "unit", "above", "trip", "delay_ticks", "warn", "recover", "recover_ticks", "latch", "opens")
 

@@ -2,6 +2,7 @@
 # now; Daly and Pylontech frames later). Built outside the tick.
 from bms.afe import NTC_OK, HW_NAMES
 from bms.protection import N_ROWS
+from bms import balancing as _bal
 
 
 def _temp(dc, status):
@@ -10,6 +11,34 @@ def _temp(dc, status):
 
 def hw_names(bits):
     return [name for bit, name in HW_NAMES if bits & bit]
+
+
+_BAL_OFF = {
+    _bal.OFF_NO_BLEEDERS: "off: no bleeders",
+    _bal.OFF_DISABLED: "off: bal_max_cells 0",
+    _bal.OFF_NO_DATA: "off: no valid reading",
+    _bal.OFF_FAULT: "off: fault",
+    _bal.OFF_DISCHARGING: "off: discharging",
+    _bal.OFF_NOT_CHARGING: "off: not charging (bal_idle 0)",
+}
+
+
+def balance_state(b, where):
+    """The balancer's last decision in a few words; where: "board" or
+    "cells", the sensor its temperature came from."""
+    r = b.reason
+    if r == _bal.BLEEDING:
+        return "bleeding %d/%d" % (b.count, b.allowed)
+    t = "%s %.0f C" % (where, b.temp_dc / 10)
+    if r == _bal.DERATED:
+        return "derated %d/%d (%s)" % (b.count, b.allowed, t)
+    if r == _bal.OFF_HOT:
+        return "off: %s hot (%s, resumes below %d C)" % (where, t, (b.board_max_dc - b.hyst_dc) // 10)
+    if r == _bal.OFF_BELOW_START:
+        return "off: below start (%d < %d mV)" % (b.hi_mv, b.start_mv)
+    if r == _bal.OFF_SPREAD:
+        return "off: spread %d mV <= %d" % (b.spread_mv, b.delta_mv)
+    return _BAL_OFF.get(r, "off")
 
 
 def snapshot(bms):
@@ -42,6 +71,7 @@ def _take(bms):
         "faults": p.names(p.active),
         "warnings": p.names(p.warning),
         "balancing": bms.bal.cells(),
+        "bal": balance_state(bms.bal, "board" if m.has_board_temp else "cells"),
         "uptime_s": bms.uptime_s,
         "errors": {"comm": bms.comm_errors, "crc": bms.afe.crc_errors, "bus": bms.afe.bus_errors,
                    "chip_resets": bms.chip_resets, "tick": bms.tick_errors, "missed": bms.missed_ticks},

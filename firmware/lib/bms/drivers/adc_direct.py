@@ -167,7 +167,7 @@ def _ntc_status(t, saturated):
 class AdcDirect(Afe):
     def __init__(self, taps, current, ntcs, board_ntc, chg_pin, dsg_pin, pchg_pin=None,
                  bleeders=None, active_high=True, alert_pin=None, alert_active_low=True, current_max_ma=0,
-                 differential=False, pack=None, pack_max_mv=0, alert_trip_ma=0):
+                 differential=False, pack=None, pack_max_mv=0, alert_trip_ma=0, balance_pause_us=0):
         """taps: [(Channel, Linear)] in mV, lowest cell first: cumulative tap
         voltages, or with differential=True each cell's own voltage.
         current: (Channel, Linear) giving mA, positive = charging, or a
@@ -179,6 +179,8 @@ class AdcDirect(Afe):
         pack_max_mv: the highest pack voltage it reads below saturation.
         alert_trip_ma: the discharge current at which a current monitor chip
         raises the alert (the board's short-circuit threshold).
+        balance_pause_us: if not 0, read() switches the bleeders off, waits
+        this long and reads the cells before switching them on again.
         """
         self.taps = taps
         self.differential = differential
@@ -194,6 +196,11 @@ class AdcDirect(Afe):
         self.ntcs = ntcs
         self.board_ntc = board_ntc
         self.bleeders = bleeders
+        # A bleeder's current flows through the sense wires (and any input
+        # filter resistor) its cell's taps share: a bleeding cell reads low,
+        # its neighbours high, until the bleeders are off and that settled.
+        self.balance_pause_us = balance_pause_us
+        self._bal_mask = 0
         self.max_cells = len(taps)
         self.n_cells = len(taps)
         self.n_temps = len(ntcs)
@@ -230,17 +237,26 @@ class AdcDirect(Afe):
         n = self.n_cells
         cells = m.cells_mv
         diff = self.differential
-        for i in range(n):
-            ch, lin = self.taps[i]
-            v = lin.apply(ch.uv())
-            # A saturated input hides the real voltage: report an impossible
-            # cell so the tick flags a sensor fault instead of trusting it.
-            if diff:
-                cells[i] = 0 if ch.saturated else v
-                prev += v
-            else:
-                cells[i] = 0 if ch.saturated else v - prev
-                prev = v
+        bl = self.bleeders
+        bleeding = self._bal_mask if self.balance_pause_us else 0
+        if bleeding and bl is not None:
+            bl.set(0)
+            time.sleep_us(self.balance_pause_us)
+        try:
+            for i in range(n):
+                ch, lin = self.taps[i]
+                v = lin.apply(ch.uv())
+                # A saturated input hides the real voltage: report an impossible
+                # cell so the tick flags a sensor fault instead of trusting it.
+                if diff:
+                    cells[i] = 0 if ch.saturated else v
+                    prev += v
+                else:
+                    cells[i] = 0 if ch.saturated else v - prev
+                    prev = v
+        finally:
+            if bleeding and bl is not None:
+                bl.set(bleeding)
         ina = self.ina
         if ina is not None:
             # Between its conversions the last one stands; it converts
@@ -285,7 +301,9 @@ class AdcDirect(Afe):
 
     def set_balancing(self, mask):
         if self.bleeders is not None:
+            self._bal_mask = 0  # unknown until the write went through: nothing to restore
             self.bleeders.set(mask)
+            self._bal_mask = mask
 
     def clear_faults(self):
         # True if the hardware fault is gone (the monitor's latch, then the line).
