@@ -2,7 +2,8 @@
 
     bmsctl --port /dev/ttyUSB0 status
     bmsctl --port /dev/ttyUSB0 monitor
-    bmsctl --port /dev/ttyUSB0 log --csv pack.csv --interval 5
+    bmsctl --port /dev/ttyUSB0 log 50
+    bmsctl --port /dev/ttyUSB0 record --csv pack.csv --interval 5
     bmsctl plot pack.csv --png pack.png
 
 Every exchange opens the port, sends one command, reads until the reply and
@@ -565,7 +566,7 @@ def cmd_monitor(link, args):
     return _monitor_tty(link, cfg, link.status(), args.interval)
 
 
-def cmd_log(link, args):
+def cmd_record(link, args):
     out = writer = layout = None
     rows = 0
     t0 = time.monotonic()
@@ -599,6 +600,80 @@ def cmd_log(link, args):
     return EXIT_OK
 
 
+LOG_DEFAULT = 20
+LOG_MAX = 256  # the board's ring holds this many
+EVENT_JSON_BYTES = 260  # about the longest event record in `log --json`, for the reply's time on the wire
+
+
+def format_event(e):
+    """One event log record as the board's `log` prints it."""
+    ev, det, v = e["event"], e.get("detail"), e.get("value", 0)
+    if ev in ("trip", "clear"):
+        what = "%s %s value=%d" % (ev, det, v)
+    elif ev == "state":
+        states = ("boot", "standby", "charge", "discharge", "normal", "fault", "shutdown", "precharge")
+        what = "state %s from %s" % (det, states[v] if 0 <= v < len(states) else v)
+    elif ev == "config_set":
+        if det == "chemistry":
+            v = ("lfp", "nmc", "lto")[v] if 0 <= v < 3 else v
+        what = "config_set %s=%s" % (det, v)
+    elif ev == "fet_cmd":
+        what = "fet_cmd %s %s" % (det, _on(v))
+    elif ev == "clear_cmd":
+        what = "clear_cmd released %d" % v
+    elif ev == "chip_reset":
+        what = "chip_reset count %d" % v
+    elif ev in ("full", "empty"):
+        what = "%s soc_before %.1f%%" % (ev, v / 10)
+    elif ev == "capacity":
+        what = "capacity %d mAh" % v
+    elif ev == "lost":
+        what = "lost %d event%s" % (v, "" if v == 1 else "s")
+    elif det is not None:
+        what = "%s %s" % (ev, det)
+    else:
+        what = ev
+    if e.get("cell_max_mv") is None:
+        pack = "no reading"
+    else:
+        pack = "pack=%smV I=%+.1fA cells %d..%dmV" % ("--" if e.get("pack_mv") is None else e["pack_mv"],
+                                                     e["current_ma"] / 1000, e["cell_min_mv"], e["cell_max_mv"])
+    soc = "--" if e.get("soc_pct") is None else "%d%%" % e["soc_pct"]
+    temp = "--C" if e.get("temp_c") is None else "%dC" % e["temp_c"]
+    return "#%d boot %d +%ds %s %s soc %s %s" % (e["seq"], e["boot"], e["uptime_s"], what, pack, soc, temp)
+
+
+def format_log(doc):
+    lines = [format_event(e) for e in doc["events"]] or ["log empty"]
+    torn, lost = doc.get("torn", 0), doc.get("dropped", 0)
+    if torn:
+        lines.append("(%d torn record%s skipped)" % (torn, "" if torn == 1 else "s"))
+    if lost:
+        lines.append("(%d event%s lost since boot: queue full or flash failing)" % (lost, "" if lost == 1 else "s"))
+    return "\n".join(lines)
+
+
+def cmd_log(link, args):
+    if args.csv is not None:  # the old meaning of `log`
+        if args.n is not None or args.json:
+            raise CtlError(EXIT_USAGE, "log --csv (now: record --csv) takes no N or --json")
+        print("bmsctl: note: 'log --csv' is now 'record --csv'; 'log' reads the board's event log", file=sys.stderr)
+        if args.interval is None:
+            args.interval = 1.0
+        return cmd_record(link, args)
+    if args.interval is not None or args.duration is not None or args.count is not None:
+        raise CtlError(EXIT_USAGE, "--interval, --duration and --count belong to record --csv FILE")
+    n = LOG_DEFAULT if args.n is None else args.n
+    # Up to 256 records of JSON in one line: at 115200 baud that takes
+    # seconds on the wire, on top of the usual wait for the reply.
+    wire_s = n * EVENT_JSON_BYTES * 10.0 / link.baud
+    slow = Link(link.port, link.baud, link.timeout + wire_s)
+    parse = json_reply("events")
+    text = slow.ask("log %d --json" % n, lambda line: line if parse(line) is not None else None)
+    print(text if args.json else format_log(json.loads(text)))
+    return EXIT_OK
+
+
 def cmd_plot(args):
     from tools import plotting  # matplotlib takes a while to import; only plot needs it
 
@@ -623,6 +698,16 @@ def _positive(kind):
         return value
 
     return parse
+
+
+def _log_count(text):
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number: %r" % text) from None
+    if not 1 <= n <= LOG_MAX:
+        raise argparse.ArgumentTypeError("must be 1..%d: %r" % (LOG_MAX, text))
+    return n
 
 
 def build_parser():
@@ -653,7 +738,16 @@ def build_parser():
     p.add_argument("--interval", type=_positive(float), default=1.0)
     p.add_argument("--once", action="store_true", help="print one plain frame and exit")
 
-    p = sub.add_parser("log", help="poll status into a CSV file")
+    p = sub.add_parser("log", help="the board's event log: the latest N events (default %d), oldest first" % LOG_DEFAULT)
+    p.add_argument("n", nargs="?", type=_log_count, metavar="N", help="1..%d" % LOG_MAX)
+    p.add_argument("--json", action="store_true", help="print the board's JSON line as received")
+    # The old `log --csv FILE ...`, kept as an alias of record.
+    p.add_argument("--csv", metavar="FILE", help=argparse.SUPPRESS)
+    p.add_argument("--interval", type=_positive(float), help=argparse.SUPPRESS)
+    p.add_argument("--duration", type=_positive(float), help=argparse.SUPPRESS)
+    p.add_argument("--count", type=_positive(int), help=argparse.SUPPRESS)
+
+    p = sub.add_parser("record", help="poll status into a CSV file")
     p.add_argument("--csv", required=True, metavar="FILE")
     p.add_argument("--interval", type=_positive(float), default=1.0)
     p.add_argument("--duration", type=_positive(float), metavar="SECONDS")
@@ -667,7 +761,7 @@ def build_parser():
 
 
 COMMANDS = {"status": cmd_status, "cells": cmd_cells, "faults": cmd_faults, "config": cmd_config,
-            "monitor": cmd_monitor, "log": cmd_log}
+            "monitor": cmd_monitor, "log": cmd_log, "record": cmd_record}
 
 
 def main(argv=None):

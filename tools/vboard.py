@@ -118,7 +118,7 @@ class ResetNoise:
             if self.block or line.startswith("Traceback (most recent call last):"):
                 self.block.append(line)
                 if not line.startswith((" ", "Traceback")):
-                    if not line.startswith(("WatchdogReset:", "BoardReset:")):
+                    if not line.startswith(("WatchdogReset:", "BoardReset:", "PowerCut:")):
                         self.write("".join(self.block))
                     self.block = []
                 continue

@@ -374,13 +374,13 @@ def test_apply_keys_q_quits_only_on_an_empty_line():
     assert bmsctl.apply_keys("se", "q") == ("seq", [], False)
 
 
-# ---- log ---------------------------------------------------------------------------
+# ---- record (CSV) --------------------------------------------------------------------
 
 
-def test_log_writes_header_and_rows(board, capsys, tmp_path):
+def test_record_writes_header_and_rows(board, capsys, tmp_path):
     path = tmp_path / "log.csv"
     t0 = time.monotonic()
-    code, _, err = run(capsys, board.path, "log", "--csv", str(path), "--interval", "0.05", "--count", "3")
+    code, _, err = run(capsys, board.path, "record", "--csv", str(path), "--interval", "0.05", "--count", "3")
     assert time.monotonic() - t0 < 5.0
     assert code == 0 and "3 rows written" in err
     with open(path, newline="") as f:
@@ -398,9 +398,9 @@ def test_log_writes_header_and_rows(board, capsys, tmp_path):
     assert board.received == ["status --json"] * 3
 
 
-def test_log_stops_after_duration(board, capsys, tmp_path):
+def test_record_stops_after_duration(board, capsys, tmp_path):
     path = tmp_path / "log.csv"
-    code, _, _ = run(capsys, board.path, "log", "--csv", str(path), "--interval", "0.1", "--duration", "0.35")
+    code, _, _ = run(capsys, board.path, "record", "--csv", str(path), "--interval", "0.1", "--duration", "0.35")
     assert code == 0
     assert len(path.read_text().splitlines()) == 1 + 4  # polls at 0, 0.1, 0.2, 0.3 s
 
@@ -411,11 +411,97 @@ def test_csv_row_pads_a_reply_with_fewer_cells():
     assert row == ["1.235", 3725, "normal", 1, 0, 13205, -2500, "", "", "", "", "", "", ""]
 
 
-def test_log_first_poll_failure_exits_with_its_code(capsys, tmp_path):
+def test_record_first_poll_failure_exits_with_its_code(capsys, tmp_path):
     path = tmp_path / "log.csv"
-    code, _, _ = run(capsys, str(tmp_path / "ttyNOPE"), "log", "--csv", str(path), "--count", "1")
+    code, _, _ = run(capsys, str(tmp_path / "ttyNOPE"), "record", "--csv", str(path), "--count", "1")
     assert code == bmsctl.EXIT_NO_PORT
     assert not path.exists()  # no empty log left behind
+
+
+def test_log_csv_still_records_with_a_note(board, capsys, tmp_path):
+    path = tmp_path / "log.csv"
+    code, out, err = run(capsys, board.path, "log", "--csv", str(path), "--interval", "0.05", "--count", "2")
+    assert code == 0 and out == ""
+    assert err.splitlines() == ["bmsctl: note: 'log --csv' is now 'record --csv'; 'log' reads the board's event log",
+                                "2 rows written to %s" % path]
+    assert len(path.read_text().splitlines()) == 3 and board.received == ["status --json"] * 2
+
+
+# ---- log (the board's event log) ------------------------------------------------------
+
+EVENTS = {"events": [
+    {"seq": 7, "boot": 2, "uptime_s": 0, "event": "boot", "detail": "WDT_RESET", "value": 0, "pack_mv": None,
+     "current_ma": None, "cell_min_mv": None, "cell_max_mv": None, "soc_pct": None, "temp_c": None},
+    {"seq": 8, "boot": 2, "uptime_s": 3605, "event": "trip", "detail": "cell_ov", "value": 3662, "pack_mv": 52480,
+     "current_ma": 12000, "cell_min_mv": 3301, "cell_max_mv": 3662, "soc_pct": 98, "temp_c": 31},
+    {"seq": 9, "boot": 2, "uptime_s": 3605, "event": "state", "detail": "discharge", "value": 4, "pack_mv": 52480,
+     "current_ma": -500, "cell_min_mv": 3301, "cell_max_mv": 3662, "soc_pct": 98, "temp_c": 31},
+    {"seq": 10, "boot": 2, "uptime_s": 3700, "event": "config_set", "detail": "chemistry", "value": 1,
+     "pack_mv": 52480, "current_ma": 0, "cell_min_mv": 3301, "cell_max_mv": 3662, "soc_pct": None, "temp_c": -5},
+], "torn": 1, "dropped": 3}
+LOG_REPLIES = {
+    "log 20 --json": line(EVENTS),
+    "log 2 --json": line(dict(EVENTS, events=EVENTS["events"][2:], torn=0, dropped=0)),
+    "log 256 --json": line({"events": [], "torn": 0, "dropped": 0}),
+    "log 5 --json": b"error: storage: [Errno 5] EIO\r\n",
+}
+
+
+@pytest.fixture
+def log_board():
+    b = FakeBoard(LOG_REPLIES)
+    yield b
+    b.close()
+
+
+def test_log_reads_the_event_log(log_board, capsys):
+    code, out, err = run(capsys, log_board.path, "log")
+    assert (code, err) == (0, "")
+    assert log_board.received == ["log 20 --json"]
+    assert out.splitlines() == [
+        "#7 boot 2 +0s boot WDT_RESET no reading soc -- --C",
+        "#8 boot 2 +3605s trip cell_ov value=3662 pack=52480mV I=+12.0A cells 3301..3662mV soc 98% 31C",
+        "#9 boot 2 +3605s state discharge from normal pack=52480mV I=-0.5A cells 3301..3662mV soc 98% 31C",
+        "#10 boot 2 +3700s config_set chemistry=nmc pack=52480mV I=+0.0A cells 3301..3662mV soc -- -5C",
+        "(1 torn record skipped)",
+        "(3 events lost since boot: queue full or flash failing)",
+    ]
+    code, out, _ = run(capsys, log_board.path, "log", "2")
+    assert code == 0 and len(out.splitlines()) == 2
+    code, out, _ = run(capsys, log_board.path, "log", "256")
+    assert (code, out) == (0, "log empty\n")
+
+
+def test_log_json_is_the_line_as_received(log_board, capsys):
+    code, out, _ = run(capsys, log_board.path, "log", "--json")
+    assert code == 0 and out == line(EVENTS).decode().rstrip("\r\n") + "\n"
+
+
+def test_log_errors(log_board, capsys, tmp_path):
+    code, _, err = run(capsys, log_board.path, "log", "5")
+    assert code == bmsctl.EXIT_BOARD_ERROR and "error: storage" in err
+    for bad in (["0"], ["257"], ["x"], ["--interval", "1"], ["3", "--csv", str(tmp_path / "x.csv")]):
+        code, _, _ = run(capsys, log_board.path, "log", *bad)
+        assert code == bmsctl.EXIT_USAGE, bad
+    assert log_board.received == ["log 5 --json"]
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_log_waits_for_a_long_reply_on_a_slow_link(capsys):
+    # 256 records at 9600 baud: about 70 s of JSON; the wait covers it.
+    seen = {}
+
+    def ask(self, command, parse):
+        seen["timeout"] = self.timeout
+        return line({"events": [], "torn": 0, "dropped": 0}).decode().strip()
+
+    real = bmsctl.Link.ask
+    bmsctl.Link.ask = ask
+    try:
+        assert bmsctl.main(["--port", "/dev/null", "--baud", "9600", "log", "256"]) == 0
+    finally:
+        bmsctl.Link.ask = real
+    assert seen["timeout"] > 2 + 256 * 200 * 10 / 9600
 
 
 # ---- plot --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import sys
 
 import select
 
+import flash
 import machine
 import scenario as scmod
 import simcmd
@@ -323,6 +324,7 @@ def run(opts):
     _pace(world, opts, sc)
     world.paused = opts["paused"]
     machine.attach(world)
+    fl = flash.Flash(world, cfg).install()  # `sim power cut write` tears the firmware's writes
     runner = None
     term = None
     if opts["headless"]:
@@ -355,6 +357,9 @@ def run(opts):
         except machine.BoardReset:
             cause = machine.SOFT_RESET
             _say(term, "*** board reset")
+        except simworld.PowerCut as e:
+            cause = machine.PWRON_RESET
+            _say(term, "*** %s: the board restarts" % e)
         except scmod.ScenarioStop:
             wall = _clock.ticks_diff(_clock.ticks_ms(), t0) / 1000.0
             return _finish(runner, opts, wall)
@@ -367,6 +372,7 @@ def run(opts):
             if term is not None:
                 term.flush()  # show what the firmware said before it crashed
             raise
+        fl.reset()
         world.board_reset(cause)
         for name in list(sys.modules):
             if name not in sim_modules:

@@ -22,11 +22,15 @@ HELP = (
     "  sim pause | run            stop / restart virtual time (the firmware's console keeps answering)",
     "  sim step SECONDS           pause, then run SECONDS of virtual time and report",
     "  sim speed X | max          pace at X times the wall clock, or as fast as the host can",
+    "  sim power cut              the MCU's supply fails now: it restarts with PWRON_RESET, the pack carries on",
+    "  sim power cut write [B]    the same during the firmware's next flash write, after B bytes of it (default half)",
+    "  sim power cut cancel       disarm that",
 )
 
 
 # The words after `sim` (scenario files are checked against them).
-COMMANDS = ("help", "show", "cell", "current", "temp", "ambient", "fault", "alert", "pause", "run", "step", "speed")
+COMMANDS = ("help", "show", "cell", "current", "temp", "ambient", "fault", "alert", "pause", "run", "step", "speed",
+            "power")
 
 
 class SimCommandError(ValueError):
@@ -190,7 +194,33 @@ class SimCommands:
                 w.pace = "wall"
                 w.set_speed(x)
             return ["sim: %s" % self._pace()]
+        if cmd == "power":
+            return self._power(args)
         raise SimCommandError("bad sim command '%s' (try sim help)" % " ".join(words)[:40])
+
+    def _power(self, args):
+        # The cut itself happens where the firmware next lets time pass, or
+        # inside the flash write (tools/sim/flash.py); the board then restarts.
+        w = self.world
+        usage = "usage: sim power cut | sim power cut write [BYTES] | sim power cut cancel"
+        if not args or args[0] != "cut" or len(args) > 3:
+            raise SimCommandError(usage)
+        if len(args) == 1:
+            w.power_off = True
+            return ["sim: power cut"]
+        if args[1] == "cancel" and len(args) == 2:
+            w.power_cut_write = None
+            return ["sim: power cut cancelled"]
+        if args[1] != "write":
+            raise SimCommandError(usage)
+        k = -1
+        if len(args) == 3:
+            k = _int(args[2], "bytes")
+            if not 0 <= k <= 65536:
+                raise SimCommandError("bytes must be 0..65536")
+        w.power_cut_write = k
+        return ["sim: power cut armed: during the next flash write, after %s" % (
+            "half of it" if k < 0 else "%d bytes of it" % k)]
 
     def _pace(self):
         w = self.world
@@ -235,6 +265,7 @@ class SimCommands:
                 0 if w.board["alert"].get("active_low", True) else 1),
             "resets": w.resets,
             "reset_cause": w.reset_cause,
+            "power_cut_write": w.power_cut_write,
             "chip": w.afe_chip.hw_state() if w.afe_chip is not None else None,
         }
 

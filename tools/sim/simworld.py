@@ -158,6 +158,11 @@ class BoardReset(BaseException):
     """machine.reset() was called; the board resets (see WatchdogReset)."""
 
 
+class PowerCut(BaseException):
+    """The MCU lost its supply (`sim power cut`); it comes back with
+    PWRON_RESET (see WatchdogReset; tools/sim/flash.py tears flash writes)."""
+
+
 def board_cells(board):
     """How many cells the board can measure."""
     taps = board.get("cell_taps")
@@ -300,6 +305,8 @@ class SimWorld:
         self.wdt_fed_ms = 0
         self.wdt_expired = False
         self.reset_requested = False
+        self.power_off = False  # the supply failed: off until board_reset()
+        self.power_cut_write = None  # armed: bytes of the next flash write that land (-1: half)
         self.reset_cause = PWRON_RESET
         self.resets = 0  # board resets so far (watchdog or machine.reset)
         self.virtual_time = True  # time.ticks_ms() reads this clock (tools/sim/time.py)
@@ -1133,6 +1140,8 @@ class SimWorld:
             raise WatchdogReset("watchdog expired at %d ms" % self.now_ms)
         if self.reset_requested:
             raise BoardReset("machine.reset()")
+        if self.power_off:
+            raise PowerCut("power cut at %d ms" % self.now_ms)
 
     def request_reset(self):
         """machine.reset(): never returns."""
@@ -1353,6 +1362,8 @@ class SimWorld:
         self.wdt_running = False
         self.wdt_expired = False
         self.reset_requested = False
+        self.power_off = False
+        self.power_cut_write = None
         self.reset_cause = cause
         self.boot_ms = self.now_ms
         self.uart_rx = bytearray()  # what sat in the receive FIFO is lost

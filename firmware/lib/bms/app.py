@@ -17,6 +17,8 @@ from bms.protection import (
     Q_SCD, Q_SENSOR, Q_COMM, Q_CONFIG,
 )
 from bms.soc import Soc, soc_from_ocv
+from bms import eventlog
+from bms.protection import N_ROWS
 
 VERSION = "0.1.0"
 
@@ -91,6 +93,13 @@ class Bms:
         self.missed_ticks = 0
         self.last_error = ""
         self.reset_cause = ""  # set by main.py from machine.reset_cause()
+        # The event log: the tick queues what changed (_log_changes), service() writes it.
+        self.events = eventlog.EventLog(eventlog.path_beside(config_path), self._event_context,
+                                        lambda: self.soc.pct() if self.soc_known else -1)
+        self._logged_rows = bytearray(N_ROWS)  # protection rows active as last logged
+        self._logged_state = BOOT
+        self._logged_resets = 0
+        self._boot_logged = False
         self._pending = False
         self._tick_cb = self._scheduled_tick  # bound once: the timer path must not allocate
         self._timer_cb = self._on_timer
@@ -343,8 +352,45 @@ class Bms:
                 self.soc.update(m.current_ma, dt)
             else:
                 self._soc_start()
+        self._log_changes()
         self.valid = valid
         return valid
+
+    def _log_changes(self):
+        # What changed since the last tick goes to the event log's queue
+        # (allocation-free). Rows also change outside the tick (alert pin,
+        # console clear, a failed tick): seen here at the next tick.
+        ev = self.events
+        if not self._boot_logged:
+            self._boot_logged = True
+            ev.push_tick(eventlog.EV_BOOT, eventlog.cause_code(self.reset_cause), 0)
+        p = self.prot
+        logged = self._logged_rows
+        for r in range(N_ROWS):
+            a = p.active[r]
+            if a != logged[r]:
+                logged[r] = a
+                ev.push_tick(eventlog.EV_TRIP if a else eventlog.EV_CLEAR, r, p.q[p.table.quantity[r]])
+        s = self.fets.state
+        if s != self._logged_state:
+            ev.push_tick(eventlog.EV_STATE, s, self._logged_state)
+            self._logged_state = s
+        if self.chip_resets != self._logged_resets:
+            self._logged_resets = self.chip_resets
+            ev.push_tick(eventlog.EV_CHIP_RESET, 0, self.chip_resets)
+
+    def _event_context(self, q, i):
+        # The pack at an event, for its record (see EventLog); no allocation.
+        p = self.prot
+        q[i] = self.uptime_s
+        if self.have_data:
+            q[i + 1] = self.m.pack_mv
+            q[i + 2] = self.m.current_ma
+            q[i + 3] = p.q[Q_CELL_MIN]
+            q[i + 4] = p.q[Q_CELL_MAX]
+        else:
+            q[i + 1] = q[i + 2] = q[i + 3] = q[i + 4] = 0
+        q[i + 5] = p.q[Q_T_MAX] if p.qvalid[Q_T_MAX] else -32768
 
     def _reinit(self):
         # Raises OSError (still pending) if the chip cannot be set up.
@@ -498,7 +544,10 @@ class Bms:
         the state-of-charge estimator (floats), counters and the event log
         to flash. Allocates; never touches the FETs. Returns quickly when
         there is nothing to do."""
-        return None
+        try:
+            self.events.flush()
+        except Exception as e:  # a failing flash must not hold up the SOC work
+            self.service_error(e)
 
     def service_error(self, e):
         if self.service_errors < _COUNT_MAX:

@@ -6,7 +6,7 @@
 # "error:" and changes nothing.
 import json
 
-from bms import config
+from bms import config, eventlog
 from bms.app import VERSION
 from bms.fets import STATE_NAMES
 from bms.protection import CHG, DSG, BOTH, N_ROWS, NAMES
@@ -15,7 +15,7 @@ from bms.status import snapshot, trips
 MAX_LINE = 120
 
 HELP = (
-    "commands (add --json to status, cells, temps, faults, table, config get for one JSON line):",
+    "commands (add --json to status, cells, temps, faults, table, config get, log for one JSON line):",
     "  status                 state, FETs, pack, current, SOC, faults",
     "  cells                  cell voltages, balancing marks",
     "  temps                  temperature sensors",
@@ -28,6 +28,7 @@ HELP = (
     "  config reload          drop unsaved changes",
     "  fet                    FET state; fet chg|dsg|all on|off; fet ship",
     "  clear                  release latched faults",
+    "  log [N]                the latest N events (default 20, at most 256), oldest first",
     "  reset                  FETs off, then restart the board",
     "  version                firmware and board",
 )
@@ -305,19 +306,23 @@ class Console:
                 raise CommandError("usage: config set KEY VALUE")
             new = bms.cfg.with_value(rest[0], rest[1])
             bms.apply_config(new)
+            bms.events.push_config(rest[0], new[rest[0]])
             self.out("ok %s = %s (not saved: 'config save' keeps it)" % (rest[0], new[rest[0]]))
         elif sub == "preset":
             if len(rest) != 1:
                 raise CommandError("usage: config preset lfp|nmc|lto")
             bms.apply_config(bms.cfg.with_preset(rest[0]))
+            bms.events.push(eventlog.EV_CONFIG_PRESET, eventlog.CHEMISTRIES.index(rest[0]))
             self.out("ok %s preset (not saved: 'config save' keeps it)" % rest[0])
         elif sub == "save":
             self._no_args(rest)
             bms.save_config()
+            bms.events.push(eventlog.EV_CONFIG_SAVE)
             self.out("ok saved")
         elif sub == "reload":
             self._no_args(rest)
             bms.reload_config()
+            bms.events.push(eventlog.EV_CONFIG_RELOAD)
             self.out("ok reloaded")
         else:
             raise CommandError("config needs get, set, preset, save or reload, not '%s'" % sub[:20])
@@ -335,6 +340,7 @@ class Console:
             return
         if args == ["ship"]:
             bms.ship()
+            bms.events.push(eventlog.EV_SHIP)
             self.out("ok ship mode: FETs off until 'fet all on'")
             return
         if len(args) != 2 or args[0] not in _FET_BITS or args[1] not in ("on", "off"):
@@ -342,6 +348,7 @@ class Console:
         why = bms.request_fet(_FET_BITS[args[0]], args[1] == "on")
         if why:
             raise CommandError("refused: " + why)
+        bms.events.push(eventlog.EV_FET_CMD, _FET_BITS[args[0]], 1 if args[1] == "on" else 0)
         self.out("ok %s %s" % (args[0], args[1]))
 
     def cmd_clear(self, args, as_json):
@@ -349,6 +356,7 @@ class Console:
         n, held = self.bms.clear()
         if held and not n:
             raise CommandError("%s still present: remove the cause, then 'clear'" % ", ".join(held))
+        self.bms.events.push(eventlog.EV_CLEAR_CMD, 0, n)
         msg = "ok released %d latched fault%s" % (n, "" if n == 1 else "s")
         if held:
             msg += "; %s still present" % ", ".join(held)
@@ -356,5 +364,86 @@ class Console:
 
     def cmd_reset(self, args, as_json):
         self._no_args(args)
+        self.bms.events.push(eventlog.EV_RESET_CMD)  # on flash before the reset
         self.out("ok resetting")
         self.bms.reset()
+
+    def cmd_log(self, args, as_json):
+        if len(args) > 1:
+            raise CommandError("usage: log [N] [--json]")
+        n = 20
+        if args:
+            try:
+                n = int(args[0])
+            except ValueError:
+                n = 0
+            if not 1 <= n <= eventlog.COUNT:
+                raise CommandError("log N must be 1..%d, got '%s'" % (eventlog.COUNT, args[0][:20]))
+        ev = self.bms.events
+        try:
+            ev.flush()  # what the tick queued belongs in the answer
+        except OSError:
+            pass  # then what is on flash; the queue is written later
+        ring = ev.open()  # raises OSError before any output
+        w = self.write
+        if as_json:
+            # Streamed: up to 256 records are never held in RAM at once.
+            w('{"events": [')
+            for k, d in enumerate(ev.latest(n)):
+                w(", {" if k else "{")
+                for i, key in enumerate(eventlog.FIELDS):
+                    w('%s"%s": ' % (", " if i else "", key))
+                    _emit(w, d[key])
+                w("}")
+            w('], "torn": %d, "dropped": %d}\r\n' % (ring.skipped, ev.dropped))
+            return
+        empty = True
+        for d in ev.latest(n):
+            empty = False
+            self.out(_event_line(d))
+        if empty:
+            self.out("log empty")
+        if ring.skipped:
+            self.out("(%d torn record%s skipped)" % (ring.skipped, "" if ring.skipped == 1 else "s"))
+        if ev.dropped:
+            self.out("(%d event%s lost since boot: queue full or flash failing)"
+                     % (ev.dropped, "" if ev.dropped == 1 else "s"))
+
+
+def _event_line(d):
+    """One event log record as a line of text (see cmd_log)."""
+    e = d["event"]
+    det = d["detail"]
+    v = d["value"]
+    if e in ("trip", "clear"):
+        what = "%s %s value=%d" % (e, det, v)
+    elif e == "state":
+        what = "state %s from %s" % (det, STATE_NAMES[v] if 0 <= v < len(STATE_NAMES) else v)
+    elif e == "config_set":
+        if det == "chemistry":
+            v = eventlog.CHEMISTRIES[v] if 0 <= v < len(eventlog.CHEMISTRIES) else v
+        what = "config_set %s=%s" % (det, v)
+    elif e == "fet_cmd":
+        what = "fet_cmd %s %s" % (det, _on(v))
+    elif e == "clear_cmd":
+        what = "clear_cmd released %d" % v
+    elif e == "chip_reset":
+        what = "chip_reset count %d" % v
+    elif e in ("full", "empty"):
+        what = "%s soc_before %.1f%%" % (e, v / 10)
+    elif e == "capacity":
+        what = "capacity %d mAh" % v
+    elif e == "lost":
+        what = "lost %d event%s" % (v, "" if v == 1 else "s")
+    elif det is not None:
+        what = "%s %s" % (e, det)
+    else:
+        what = e
+    if d["cell_max_mv"] is None:
+        pack = "no reading"
+    else:
+        pack = "pack=%smV I=%+.1fA cells %d..%dmV" % (
+            "--" if d["pack_mv"] is None else d["pack_mv"], d["current_ma"] / 1000, d["cell_min_mv"], d["cell_max_mv"])
+    return "#%d boot %d +%ds %s %s soc %s %s" % (
+        d["seq"], d["boot"], d["uptime_s"], what, pack,
+        "--" if d["soc_pct"] is None else "%d%%" % d["soc_pct"], "--C" if d["temp_c"] is None else "%dC" % d["temp_c"])
