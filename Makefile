@@ -13,9 +13,13 @@ CHEMISTRY ?= lfp
 DRY_RUN ?=
 STUBS   := $(VENV)/stubs
 STUB_PORTS := rp2 esp32
+# PyBaMM (reference profiles for the SOC benchmark) in a venv of its own: host-side
+# only, heavy, and its pins must not move the test venv's.
+PYBAMM  := $(VENV)/pybamm
+PROFILES := build/soc_profiles
 MPPATH  := firmware/lib:firmware:tools/sim:host_tests/logic:host_tests/sim:host_tests/drivers:.frozen
 
-.PHONY: help venv test test-cpython test-micropython typecheck sim console scenarios bench deploy clean
+.PHONY: help venv test test-cpython test-micropython typecheck sim console scenarios bench profiles deploy clean
 
 help:
 	@echo "make sim        the firmware on a virtual $(BOARD) through a solar day at $(SPEED)x, live monitor (Ctrl-C ends)"
@@ -23,7 +27,9 @@ help:
 	@echo "make console    the firmware's console (and sim commands) in this terminal, 1x, no scenario"
 	@echo "make scenarios  run the scenario library headless; logs and plots in build/scenarios/"
 	@echo "make test       create .venv, install pinned deps, run all tests (CPython + MicroPython + mpy-cross + scenarios)"
-	@echo "make bench      firmware tick figures and virtual-board speed (MicroPython)"
+	@echo "make bench      firmware tick and SOC-update figures, virtual-board speed (MicroPython), and the SOC"
+	@echo "                accuracy table against PyBaMM beside plain coulomb counting (runs make profiles first)"
+	@echo "make profiles   PyBaMM reference profiles (LFP Prada2013, NMC Chen2020) into $(PROFILES)/ (own venv)"
 	@echo "make deploy     compile the firmware for BOARD and install it with mpremote on PORT (only changed files;"
 	@echo "                a saved config.json is kept), reset, print the first status line read on CONSOLE"
 	@echo "                DRY_RUN=1 prints the plan and touches no device"
@@ -80,8 +86,19 @@ console: venv
 scenarios: venv
 	$(BIN)/python -m tools.scenario run-all
 
-bench: venv
-	$(BIN)/python tools/bench.py
+bench: venv profiles
+	$(BIN)/python tools/bench.py --profiles $(PROFILES)
+
+$(PYBAMM)/.installed: requirements-pybamm.txt
+	$(PY) -m venv $(PYBAMM)
+	$(PYBAMM)/bin/pip install --quiet --disable-pip-version-check -r requirements-pybamm.txt
+	touch $@
+
+$(PROFILES)/.done: $(PYBAMM)/.installed tools/soc_profiles.py
+	$(PYBAMM)/bin/python -m tools.soc_profiles --out $(PROFILES)
+	touch $@
+
+profiles: $(PROFILES)/.done
 
 deploy: venv
 	$(BIN)/python -m tools.deploy --board boards/$(BOARD).json --chemistry $(CHEMISTRY) \

@@ -3,6 +3,7 @@
 # host_tests/logic and host_tests/sim (both folders on MICROPYPATH).
 #   MICROPYPATH=firmware/lib:firmware:tools/sim:host_tests/logic:host_tests/sim:host_tests/drivers:.frozen \
 #       micropython host_tests/mp_run.py [module ...]
+import gc
 import os
 import sys
 
@@ -26,6 +27,7 @@ def main():
             if not attr.startswith("test_"):
                 continue
             fn = getattr(mod, attr)
+            gc.collect()  # each test starts on a clean heap, as one on its own would
             try:
                 fn()
                 passed += 1

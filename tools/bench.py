@@ -9,7 +9,11 @@ Prints a table, or with --json one JSON object with every figure:
   boards and for each front-end chip board (an hour of the solar-day
   scenario at the default 100 ms tick, charging and balancing), and the whole 24 h solar-day scenario (firmware
   and simulator compiled to .mpy) on a 64 KiB heap and on the smallest heap
-  that completes it.
+  that completes it;
+- the SOC estimator: its state in bytes and microseconds per once-a-second
+  update (MicroPython), and its accuracy on the PyBaMM reference profiles
+  beside plain coulomb counting (tools/soc_bench.py, CPython: the same
+  firmware module).
 """
 import argparse
 import json
@@ -156,15 +160,23 @@ def vboard_figures():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--profiles", default=os.path.join(ROOT, "build", "soc_profiles"),
+                    help="PyBaMM reference profiles (make profiles)")
     args = ap.parse_args(argv)
+    from tools import soc_bench
+
+    soc = soc_bench.run(args.profiles)
     figures = run("full")
     figures.update(heap_figures())
     figures.update(vboard_figures())
     if args.json:
+        figures["soc_accuracy"] = soc
         print(json.dumps(figures))
         return 0
     for k, v in figures.items():
         print("%-28s %s" % (k, v))
+    print()
+    print(soc_bench.table(soc))
     bad = [k for k, v in figures.items() if k.startswith("bytes_per_tick") and v != 0]
     if bad:
         print("FAIL: the tick allocates: " + ", ".join(bad))

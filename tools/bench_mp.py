@@ -84,8 +84,41 @@ def startup():
             "heap_modules_and_objects_bytes": gc.mem_alloc() - _BASE}
 
 
+def soc_figures():
+    """The SOC estimator's once-a-second step, on the board's side of the
+    line: its state in bytes (the estimator and its OCV curve) and the time
+    per update with the voltage correction running (NMC) and gated (LFP
+    plateau)."""
+    from bms.soc import Coulombs, SocEstimator, step
+
+    r = {}
+    for chem, mv in (("nmc", 3700), ("lfp", 3300)):
+        # Several, so what the collector frees meanwhile averages out.
+        keep = []
+        gc.collect()
+        a = gc.mem_alloc()
+        for _ in range(8):
+            keep.append(SocEstimator(chem, 100000))
+        gc.collect()
+        r["soc_state_bytes_" + chem] = (gc.mem_alloc() - a) // 8
+        est = keep[0]
+        keep = None
+        counter = Coulombs()
+        est.start(mv, 0)
+        t0 = time.ticks_us()
+        n = 2000
+        for k in range(n):
+            i = -20000 if k % 60 < 30 else 0
+            for _ in range(10):
+                counter.add(i, 100)
+            step(est, counter, mv + (i // 1000), i, mv + 5)
+        r["us_per_soc_update_" + chem] = round(time.ticks_diff(time.ticks_us(), t0) / n, 1)
+    return r
+
+
 def full():
     r = startup()
+    r.update(soc_figures())
     for name, afe, cells in (("4s", fake(4), 4), ("16s", fake(16), 16), ("adc_direct_4s", adc_board(), 4),
                              ("adc_mux_16s", mux_board(), 16)):
         bms = make(afe, cells)

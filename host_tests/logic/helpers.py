@@ -152,8 +152,10 @@ def make_bms(afe=None, **changes):
 
 
 def run(bms, ticks):
-    """Advance the fake clock one tick period and tick, `ticks` times."""
+    """Advance the fake clock one tick period and tick, `ticks` times; after
+    each tick the main-loop work, as firmware/main.py does."""
     period = bms.cfg["tick_ms"]
     for _ in range(ticks):
         bms.clock.now += period
         bms.tick()
+        bms.service()

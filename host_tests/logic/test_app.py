@@ -145,14 +145,17 @@ def test_uptime_counts_from_clock():
     assert bms.uptime_s == 62
 
 
-def test_soc_starts_from_ocv_and_counts_charge():
+def test_soc_starts_from_ocv_and_counts_charge_from_the_tick():
     bms, afe = make_bms(capacity_mah=10000)
     afe.cells_mv = [3300] * 4
     run(bms, 1)
-    assert bms.soc.pct() == 50
+    assert bms.est.started
+    start = bms.est.soc
+    assert abs(start - 0.55) < 0.01  # 3300 mV on the LFP curve
     afe.current_ma = 10000  # 1C charge for 36 s = 1 % of capacity
     run(bms, 360)
-    assert bms.soc.pct() == 51
+    # The counted charge reaches the estimator in whole seconds.
+    assert abs(bms.est.soc - start - 0.01) < 0.0005
 
 
 def _steady(cells):
@@ -466,3 +469,57 @@ def test_a_console_change_the_chip_fails_to_take_is_refused_and_the_chip_set_up_
     inits = afe.inits
     run(bms, 1)
     assert afe.inits == inits + 1 and not bms.reinit_pending
+
+
+# ---- SOC, counters and their flash copy ------------------------------------------
+
+
+def _second(bms, n=1):
+    run(bms, 10 * n)  # 100 ms ticks
+
+
+def test_soc_and_counters_survive_a_reset_and_are_written_rate_limited():
+    from helpers import boot_bms
+
+    bms, afe = make_bms(capacity_mah=10000)
+    afe.cells_mv = [3445, 3450, 3448, 3446]  # a full charge: SOC is known
+    afe.current_ma = 300
+    _second(bms, 40)
+    assert bms.est.pct() == 100
+    bms.save_state()  # the full charge's own save comes a minute in: start the clock here
+    afe.cells_mv = [3300] * 4  # LFP plateau: the OCV at boot will say little
+    afe.current_ma = -5000  # C/2 discharge
+    saves = []
+    real = bms._state.save
+    bms._state.save = lambda blob: (saves.append(1), real(blob))
+    _second(bms, 300)  # 5 min: -4.2 %, not yet due (10 min and 1 %)
+    assert not saves
+    _second(bms, 400)  # past 10 min: written once
+    assert len(saves) == 1
+    soc_then = bms.est.soc
+    q_out = bms.est.q_out
+    assert abs(q_out / 3600 - 0.97) < 0.02  # 700 s x 5 A
+    bms.reset()  # the console's reset: saved first
+    bms2, afe2 = boot_bms(bms.config_path)
+    afe2.cells_mv = [3300] * 4
+    run(bms2, 1)
+    assert bms2.est.started
+    # On the plateau the saved value (known since the full charge) wins
+    # over the OCV (55 %).
+    assert abs(soc_then - 0.9) < 0.01
+    assert abs(bms2.est.soc - soc_then) < 0.02, (bms2.est.soc, soc_then)
+    assert abs(bms2.est.q_out - q_out) < 1
+
+
+def test_full_charge_is_logged_and_shown():
+    from bms import eventlog
+
+    bms, afe = make_bms(capacity_mah=10000)
+    afe.cells_mv = [3300] * 4
+    _second(bms)
+    afe.cells_mv = [3445, 3450, 3448, 3446]  # at the charge voltage
+    afe.current_ma = 300  # the tail: under 5 % of C
+    _second(bms, 40)
+    assert bms.est.pct() == 100
+    events = [d["event"] for d in bms.events.latest(10)]
+    assert "full" in events, events

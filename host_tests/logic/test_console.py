@@ -253,3 +253,21 @@ def test_status_json_keys_come_in_documented_order():
     line = t.cmd("status --json")[0]
     pos = [line.index('"%s":' % k) for k in STATUS_KEYS]
     assert pos == sorted(pos), line
+
+
+def test_soc_shows_health_and_counters_and_set_overrides_it():
+    bms, afe, t = _setup()
+    d = t.json("soc --json")
+    for key in ("soc_pct", "sigma_pct", "soh_pct", "capacity_mah", "rated_mah", "cycles", "ah_in", "ah_out",
+                "full_charges", "offset_ma", "r0_mohm"):
+        assert key in d, key
+    assert d["soh_pct"] == 100.0 and d["capacity_mah"] == d["rated_mah"]
+    lines = t.cmd("soc")
+    assert lines[0].startswith("SOC %d %%" % d["soc_pct"]) and "SOH 100.0 %" in lines[0]
+    assert t.cmd("soc set 37") == ["ok soc 37%"]
+    assert t.json("status --json")["soc_pct"] == 37
+    assert [d["event"] for d in bms.events.latest(1)] == ["soc_set"]
+    for bad in ("soc set 101", "soc set x", "soc set", "soc reset 5", "soc set 5 6"):
+        out = t.cmd(bad)
+        assert len(out) == 1 and out[0].startswith("error: "), (bad, out)
+    assert t.json("status --json")["soc_pct"] == 37  # changed nothing

@@ -5,7 +5,7 @@ import time
 
 from micropython import const, schedule
 
-from bms import config
+from bms import config, soc, store
 from array import array
 
 from bms.afe import Measurements, ChipReset, NTC_OK, HW_SCD, HW_OCD, HW_OV, HW_UV, HW_OT, HW_OTHER
@@ -16,7 +16,7 @@ from bms.protection import (
     Q_CELL_MAX, Q_CELL_MIN, Q_I_CHG, Q_I_DSG, Q_T_MAX, Q_T_MIN, Q_T_BOARD,
     Q_SCD, Q_SENSOR, Q_COMM, Q_CONFIG,
 )
-from bms.soc import Soc, soc_from_ocv
+from bms.soc import Coulombs, SocEstimator, EV_FULL, EV_CAPACITY
 from bms import eventlog
 from bms.protection import N_ROWS
 
@@ -34,6 +34,8 @@ _REINIT_MS = const(5000)  # a silent front-end is set up again this often
 _BOOT_GRACE_S = const(5)  # a front-end may take this long to its first reading
 # Frozen inputs: see Bms._frozen.
 _FROZEN_MS = const(1000)
+_SAVE_MS = const(600000)  # counters to flash at most every 10 min of running
+_SAVE_MIN_MS = const(60000)
 _FROZEN_MV = const(10)
 _STILL_MV = const(3)
 
@@ -69,8 +71,11 @@ class Bms:
         self.prot = Protection(build_table(cfg))
         self.fets = Fets(afe.has_precharge)
         self.bal = Balancer(cfg["cells"], getattr(afe, "can_balance", False), afe.no_adjacent_balancing)
-        self.soc = Soc(cfg["capacity_mah"])
-        self.soc_known = False
+        self.coulombs = Coulombs()  # charge counted by the tick, taken by service()
+        self.est = SocEstimator(cfg["chemistry"], cfg["capacity_mah"], self._load_ocv(cfg["chemistry"]))
+        self._state = None  # the counters' flash slots (service() opens them)
+        self._saved_at_ms = 0  # counted time since the last counters save
+        self._saved_soc = -1.0
         self.timer = None
         self.comm_errors = 0
         self.chip_resets = 0  # the front-end lost its configuration and was set up again
@@ -95,7 +100,7 @@ class Bms:
         self.reset_cause = ""  # set by main.py from machine.reset_cause()
         # The event log: the tick queues what changed (_log_changes), service() writes it.
         self.events = eventlog.EventLog(eventlog.path_beside(config_path), self._event_context,
-                                        lambda: self.soc.pct() if self.soc_known else -1)
+                                        lambda: self.est.pct() if self.est.started else -1)
         self._logged_rows = bytearray(N_ROWS)  # protection rows active as last logged
         self._logged_state = BOOT
         self._logged_resets = 0
@@ -160,8 +165,11 @@ class Bms:
             self._afe_busy = False
         self.fets.configure(cfg)
         self.bal.configure(cfg, cfg["cells"], getattr(self.afe, "no_adjacent_mask", None))
-        if first or cfg["capacity_mah"] != self.cfg["capacity_mah"]:
-            self.soc.set_capacity(cfg["capacity_mah"])
+        if not first and cfg["chemistry"] != self.cfg["chemistry"]:
+            self.est = SocEstimator(cfg["chemistry"], cfg["capacity_mah"], self._load_ocv(cfg["chemistry"]))
+        elif first or cfg["capacity_mah"] != self.cfg["capacity_mah"]:
+            self.est.set_capacity(cfg["capacity_mah"])
+        self.est.configure(cfg["soc_full_mv"], cfg["soc_tail_pct"])
         self.prot.set_table(build_table(cfg))
         self.n_cells = cfg["cells"]
         old = self.cfg
@@ -348,10 +356,7 @@ class Bms:
         if failed and self.comm_errors < _COUNT_MAX:
             self.comm_errors += 1
         if valid:
-            if self.soc_known:
-                self.soc.update(m.current_ma, dt)
-            else:
-                self._soc_start()
+            self.coulombs.add(m.current_ma, dt)
         self._log_changes()
         self.valid = valid
         return valid
@@ -530,13 +535,6 @@ class Bms:
         qv[Q_SENSOR] = 1
         return ok
 
-    def _soc_start(self):
-        # First valid reading after boot (allocates once: not steady state).
-        n = self.n_cells
-        avg = sum(self.m.cells_mv[i] for i in range(n)) // n
-        self.soc.set_pct(soc_from_ocv(self.cfg["chemistry"], avg))
-        self.soc_known = True
-
     # ---- main-loop work ------------------------------------------------------------
 
     def service(self):
@@ -548,6 +546,83 @@ class Bms:
             self.events.flush()
         except Exception as e:  # a failing flash must not hold up the SOC work
             self.service_error(e)
+        self._service_soc()
+
+    def _load_ocv(self, chemistry):
+        # A board's own cell curve, if one was copied to the board, else
+        # the chemistry's typical curve. A bad file is reported, not used.
+        path = self._data_path("ocv.csv")
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            return None
+        try:
+            return soc.parse_ocv_csv(text)
+        except ValueError as e:
+            self.last_error = "%s: %s" % (path, e)
+            return None
+
+    def _data_path(self, name):
+        p = self.config_path
+        k = p.rfind("/")
+        return p[:k + 1] + name if k >= 0 else name
+
+    def _cell_stats(self):
+        cells = self.m.cells_mv
+        n = self.n_cells
+        total = 0
+        hi = cells[0]
+        for k in range(n):
+            total += cells[k]
+            if cells[k] > hi:
+                hi = cells[k]
+        return total / n, hi
+
+    def _service_soc(self):
+        c = self.coulombs
+        est = self.est
+        if not self.valid:
+            return
+        if est.started and c.ms < 1000:
+            return
+        mean, hi = self._cell_stats()
+        i = self.m.current_ma
+        if not est.started:
+            c.take()  # counted before the start belongs to no estimate
+            est.start(mean, i, self._restore_state())
+            return
+        self._saved_at_ms += c.ms
+        ev = soc.step(est, c, mean, i, hi)
+        if ev == EV_FULL:
+            self.events.push(eventlog.EV_FULL, 0, int(est.full_before * 1000))
+        elif ev == EV_CAPACITY:
+            self.events.push(eventlog.EV_CAPACITY, 0, est.capacity_mah())
+        # Flash wear: at most one counters write per _SAVE_MS, and only once
+        # SOC moved by a percent; a full charge or new capacity is saved at
+        # once (but not more than once a minute).
+        due = self._saved_at_ms >= _SAVE_MS and abs(est.soc - self._saved_soc) >= 0.01
+        if due or (ev and self._saved_at_ms >= _SAVE_MIN_MS):
+            self.save_state()
+
+    def _restore_state(self):
+        try:
+            if self._state is None:
+                self._state = store.Slots(self._data_path("state.bin"), soc.STATE_SIZE)
+            return self.est.restore(self._state.load())
+        except OSError as e:
+            self.last_error = "state.bin: %s" % e
+            return None
+
+    def save_state(self):
+        """Write SOC, capacity and counters to flash now (rate-limited by the caller)."""
+        if not self.est.started:
+            return
+        if self._state is None:
+            self._state = store.Slots(self._data_path("state.bin"), soc.STATE_SIZE)
+        self._state.save(self.est.saved())
+        self._saved_at_ms = 0
+        self._saved_soc = self.est.soc
 
     def service_error(self, e):
         if self.service_errors < _COUNT_MAX:
@@ -573,8 +648,18 @@ class Bms:
         finally:
             self._afe_busy = False
 
+    def _save_before_power_off(self):
+        # SOC and counters as they are now: ship mode and a reset would
+        # otherwise lose up to _SAVE_MS of them. A failing flash must not
+        # keep the board from going down.
+        try:
+            self.save_state()
+        except OSError as e:
+            self.last_error = "state.bin: %s" % e
+
     def ship(self):
         self.fets.enter_ship()
+        self._save_before_power_off()
         self._exclusive(self.afe.shutdown)
 
     def clear(self):
@@ -586,5 +671,6 @@ class Bms:
     def reset(self):
         self.fets.off()
         self.afe.set_fets(False, False)
+        self._save_before_power_off()
         if self.reset_fn is not None:
             self.reset_fn()

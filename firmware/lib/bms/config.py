@@ -67,6 +67,7 @@ _COMMON = {
     "precharge_ms": 1000,
     "precharge_ma": 500,
     "precharge_retries": 3,
+    "soc_tail_pct": 5,
 }
 
 # Field values (LibreSolar and diyBMS defaults) per chemistry.
@@ -79,6 +80,7 @@ PRESETS = {
         "cell_uv_warn_mv": 2950,
         "cell_uv_clear_mv": 3100,
         "bal_start_mv": 3400,
+        "soc_full_mv": 3440,
     },
     "nmc": {
         "cell_ov_mv": 4250,
@@ -88,6 +90,7 @@ PRESETS = {
         "cell_uv_warn_mv": 3200,
         "cell_uv_clear_mv": 3500,
         "bal_start_mv": 3900,
+        "soc_full_mv": 4150,
     },
     "lto": {
         "cell_ov_mv": 2800,
@@ -97,6 +100,7 @@ PRESETS = {
         "cell_uv_warn_mv": 1900,
         "cell_uv_clear_mv": 2000,
         "bal_start_mv": 2500,
+        "soc_full_mv": 2700,
     },
 }
 
@@ -146,6 +150,10 @@ SCHEMA = {
     "precharge_ms": (100, 10000),
     "precharge_ma": (10, 100000),
     "precharge_retries": (0, 10),
+    # Full charge: the highest cell at or above soc_full_mv while the current
+    # is below soc_tail_pct % of the capacity per hour, for 30 s.
+    "soc_full_mv": _V,
+    "soc_tail_pct": (1, 50),
 }
 
 KEYS = tuple(sorted(["chemistry"] + list(SCHEMA)))
@@ -163,6 +171,7 @@ def _rules(v):
         (v["cell_ov_clear_mv"] < v["cell_ov_mv"], "cell_ov_clear_mv must be below cell_ov_mv (%d)" % v["cell_ov_mv"]),
         (v["cell_ov_warn_mv"] <= v["cell_ov_mv"], "cell_ov_warn_mv must be at or below cell_ov_mv (%d)" % v["cell_ov_mv"]),
         (v["cell_uv_clear_mv"] < v["cell_ov_clear_mv"], "cell_uv_clear_mv must be below cell_ov_clear_mv (%d)" % v["cell_ov_clear_mv"]),
+        (v["soc_full_mv"] < v["cell_ov_mv"], "soc_full_mv must be below cell_ov_mv (%d)" % v["cell_ov_mv"]),
         (v["ocd1_ma"] < v["ocd2_ma"], "ocd2_ma must be above ocd1_ma (%d)" % v["ocd1_ma"]),
         (v["ocd2_delay_ms"] <= v["ocd1_delay_ms"], "ocd2_delay_ms must not exceed ocd1_delay_ms (%d)" % v["ocd1_delay_ms"]),
         (v["chg_max_c"] - v["chg_min_c"] > v["temp_hyst_c"], "chg_max_c - chg_min_c must exceed temp_hyst_c (%d)" % v["temp_hyst_c"]),
@@ -291,6 +300,14 @@ def decode(text):
     values = doc.get("config")
     if not isinstance(values, dict):
         raise ConfigError("no config object")
+    chem = values.get("chemistry")
+    if chem in PRESETS:
+        # A setting added by a newer firmware takes its default: an upgrade
+        # must not turn a good saved config into a config fault.
+        base = defaults(chem)._v
+        for key in SCHEMA:
+            if key not in values:
+                values[key] = base[key]
     return Config(values)
 
 

@@ -29,6 +29,7 @@ HELP = (
     "  fet                    FET state; fet chg|dsg|all on|off; fet ship",
     "  clear                  release latched faults",
     "  log [N]                the latest N events (default 20, at most 256), oldest first",
+    "  soc                    SOC, SOH, capacity, cycles, lifetime Ah; soc set PCT",
     "  reset                  FETs off, then restart the board",
     "  version                firmware and board",
 )
@@ -38,7 +39,8 @@ _FET_BITS = {"chg": CHG, "dsg": DSG, "all": BOTH}
 
 # Keys first, in this order, in every JSON object (MicroPython dicts have no
 # order of their own); other keys follow sorted.
-_KEY_ORDER = ("state", "cells_mv", "pack_mv", "current_ma", "temps_c", "board_c", "soc_pct", "chg", "dsg",
+_KEY_ORDER = ("state", "cells_mv", "pack_mv", "current_ma", "temps_c", "board_c", "soc_pct", "soh_pct", "capacity_mah",
+              "cycles", "ah_in", "ah_out", "chg", "dsg",
               "pchg", "precharge_failed", "faults", "warnings", "balancing", "bal", "uptime_s", "errors",
               "hw_faults", "reset_cause", "config_problem",
               "name", "unit", "above", "trip", "delay_ticks", "warn", "recover", "recover_ticks", "latch", "opens")
@@ -199,6 +201,8 @@ class Console:
         self.out("faults: %s  warnings: %s  balancing: %s" % (
             ", ".join(s["faults"]) or "none", ", ".join(s["warnings"]) or "none",
             ", ".join(str(c) for c in s["balancing"]) or "none"))
+        self.out("SOH %.1f %%  capacity %.1f Ah  cycles %.1f  lifetime in %.1f Ah out %.1f Ah"
+                 % (s["soh_pct"], s["capacity_mah"] / 1000, s["cycles"], s["ah_in"], s["ah_out"]))
         if "config_problem" in s:
             self.out("config: " + s["config_problem"])
 
@@ -361,6 +365,45 @@ class Console:
         if held:
             msg += "; %s still present" % ", ".join(held)
         self.out(msg)
+
+    def cmd_soc(self, args, as_json):
+        est = self.bms.est
+        if args:
+            if len(args) != 2 or args[0] != "set":
+                raise CommandError("usage: soc [set PCT] [--json]")
+            try:
+                pct = int(args[1])
+            except ValueError:
+                pct = -1
+            if not 0 <= pct <= 100:
+                raise CommandError("soc set needs a percentage 0..100, got '%s'" % args[1][:20])
+            if not est.started:
+                raise CommandError("no valid reading yet: SOC has not started")
+            # The owner knows better (a pack just built, a charge while the
+            # board was off): believed to within 5 points, then corrected.
+            est.reset(pct / 100, 0.05)
+            self.bms.save_state()
+            self.bms.events.push(eventlog.EV_SOC_SET, 0, pct)
+            self.out("ok soc %d%%" % pct)
+            return
+        d = {"soc_pct": est.pct() if est.started else None,
+             "sigma_pct": round(est.sigma_pct(), 1) if est.started else None,
+             "soh_pct": round(est.soh_pct(), 1), "capacity_mah": est.capacity_mah(),
+             "rated_mah": est.rated_mah, "cycles": round(est.cycles(), 2),
+             "ah_in": round(est.q_in / 3600, 1), "ah_out": round(est.q_out / 3600, 1),
+             "full_charges": est.full_count, "capacity_updates": est.cap_updates,
+             "offset_ma": int(est.bias * 1000), "r0_mohm": round(est.r0 * 1000, 2)}
+        if as_json:
+            self._json(d)
+            return
+        if d["soc_pct"] is None:
+            self.out("SOC --  (no valid reading yet)")
+        else:
+            self.out("SOC %d %% (+-%.1f)  SOH %.1f %% (%.1f of %.1f Ah)" % (
+                d["soc_pct"], d["sigma_pct"], d["soh_pct"], d["capacity_mah"] / 1000, d["rated_mah"] / 1000))
+        self.out("cycles %.2f  lifetime in %.1f Ah out %.1f Ah  full charges %d  capacity estimates %d" % (
+            d["cycles"], d["ah_in"], d["ah_out"], d["full_charges"], d["capacity_updates"]))
+        self.out("current sensor offset %+d mA  cell resistance %.2f mOhm (learned)" % (d["offset_ma"], d["r0_mohm"]))
 
     def cmd_reset(self, args, as_json):
         self._no_args(args)

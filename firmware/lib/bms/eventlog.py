@@ -42,10 +42,11 @@ EV_FULL = const(14)  # SOC reset at a full charge: value = SOC x10 before
 EV_EMPTY = const(15)  # SOC reset at the low knee: value = SOC x10 before
 EV_CAPACITY = const(16)  # new capacity estimate: value = mAh
 EV_LOST = const(17)  # value = events lost (queue full, flash failing) since the last such record
+EV_SOC_SET = const(18)  # console 'soc set': value = the SOC % set
 
 EVENT_NAMES = (None, "boot", "trip", "clear", "state", "config_set", "config_save", "config_preset",
                "config_reload", "clear_cmd", "fet_cmd", "ship", "reset_cmd", "chip_reset", "full", "empty",
-               "capacity", "lost")
+               "capacity", "lost", "soc_set")
 CAUSES = ("PWRON_RESET", "HARD_RESET", "WDT_RESET", "DEEPSLEEP_RESET", "SOFT_RESET", "unknown")
 CHEMISTRIES = ("lfp", "nmc", "lto")
 FET_BITS = ("none", "chg", "dsg", "all")
