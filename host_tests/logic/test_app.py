@@ -523,3 +523,17 @@ def test_full_charge_is_logged_and_shown():
     assert bms.est.pct() == 100
     events = [d["event"] for d in bms.events.latest(10)]
     assert "full" in events, events
+
+
+def test_a_chemistry_change_restarts_soc_but_keeps_the_lifetime_counters():
+    bms, afe = make_bms(capacity_mah=10000)
+    afe.cells_mv = [3300] * 4
+    afe.current_ma = -5000
+    _second(bms, 360)
+    q_out = bms.est.q_out
+    assert q_out > 1000
+    bms.apply_config(bms.cfg.with_preset("nmc"))
+    assert not bms.est.started and bms.est.q_out == q_out
+    afe.cells_mv = [3700] * 4
+    _second(bms, 2)
+    assert bms.est.started and bms.est.q_out >= q_out

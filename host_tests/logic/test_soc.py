@@ -186,8 +186,11 @@ def test_lfp_low_knee_corrects_soc_near_empty():
     assert abs(r.err() - 0.1) < 0.01
     r.seconds(1200, -5.0)  # C/2 for 20 min: into the knee (true 3 %)
     assert abs(r.err() - 0.1) < 0.02  # under load the voltage is not trusted
+    assert not r.events
     r.seconds(1800, 0.0)  # once the load has settled it is, at the knee
     assert abs(r.err()) < 0.03, r.err()
+    assert [e for _, e in r.events] == [soc.EV_EMPTY]  # logged once
+    assert abs(r.est.empty_before - 0.13) < 0.02
 
 
 def _cc_cv(r, cc_a, cv_v, tail_a, limit_s=20000):

@@ -16,7 +16,7 @@ from bms.protection import (
     Q_CELL_MAX, Q_CELL_MIN, Q_I_CHG, Q_I_DSG, Q_T_MAX, Q_T_MIN, Q_T_BOARD,
     Q_SCD, Q_SENSOR, Q_COMM, Q_CONFIG,
 )
-from bms.soc import Coulombs, SocEstimator, EV_FULL, EV_CAPACITY
+from bms.soc import Coulombs, SocEstimator, EV_FULL, EV_CAPACITY, EV_EMPTY
 from bms import eventlog
 from bms.protection import N_ROWS
 
@@ -166,7 +166,11 @@ class Bms:
         self.fets.configure(cfg)
         self.bal.configure(cfg, cfg["cells"], getattr(self.afe, "no_adjacent_mask", None))
         if not first and cfg["chemistry"] != self.cfg["chemistry"]:
+            # Another curve: SOC starts over (from the OCV or the saved
+            # state), the pack's lifetime counters carry on.
+            old_est = self.est
             self.est = SocEstimator(cfg["chemistry"], cfg["capacity_mah"], self._load_ocv(cfg["chemistry"]))
+            self.est.keep_counters(old_est)
         elif first or cfg["capacity_mah"] != self.cfg["capacity_mah"]:
             self.est.set_capacity(cfg["capacity_mah"])
         self.est.configure(cfg["soc_full_mv"], cfg["soc_tail_pct"])
@@ -598,6 +602,8 @@ class Bms:
             self.events.push(eventlog.EV_FULL, 0, int(est.full_before * 1000))
         elif ev == EV_CAPACITY:
             self.events.push(eventlog.EV_CAPACITY, 0, est.capacity_mah())
+        elif ev == EV_EMPTY:
+            self.events.push(eventlog.EV_EMPTY, 0, int(est.empty_before * 1000))
         # Flash wear: at most one counters write per _SAVE_MS, and only once
         # SOC moved by a percent; a full charge or new capacity is saved at
         # once (but not more than once a minute).

@@ -198,9 +198,9 @@ class Console:
                      % (s["pack_mv"] / 1000, s["current_ma"] / 1000, min(cells), max(cells), max(cells) - min(cells)))
         else:
             self.out("no measurement yet")
-        self.out("faults: %s  warnings: %s  balancing: %s" % (
+        self.out("faults: %s  warnings: %s  balancing: %s (%s)" % (
             ", ".join(s["faults"]) or "none", ", ".join(s["warnings"]) or "none",
-            ", ".join(str(c) for c in s["balancing"]) or "none"))
+            ", ".join(str(c) for c in s["balancing"]) or "none", s["bal"]))
         self.out("SOH %.1f %%  capacity %.1f Ah  cycles %.1f  lifetime in %.1f Ah out %.1f Ah"
                  % (s["soh_pct"], s["capacity_mah"] / 1000, s["cycles"], s["ah_in"], s["ah_out"]))
         if "config_problem" in s:

@@ -268,7 +268,7 @@ class EventLog:
             _clamp(q[i + 4] // 10, 0, 0xFFFF), _clamp(q[i + 6], 0, 0xFFFF), _clamp(q[i + 7], 0, 0xFFFF),
             -128 if temp == _NO_TEMP else _clamp((temp + 5) // 10, -127, 127),
             _UNKNOWN if soc < 0 else _clamp(soc, 0, 100))
-        self.ring.append(self._payload)
+        self.open().append(self._payload)
 
     # ---- reading ---------------------------------------------------------------------
 

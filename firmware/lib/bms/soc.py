@@ -185,6 +185,9 @@ class Coulombs:
 
 EV_FULL = const(1)
 EV_CAPACITY = const(2)
+EV_EMPTY = const(3)
+_KNEE = 0.15  # below this SOC the voltage is on the low knee
+_KNEE_MOVE = 0.02  # knee corrections this large are an "empty" event
 
 _STATE_VER = const(1)
 _STATE_FMT = "<BfffffddIII"
@@ -273,6 +276,9 @@ class SocEstimator:
         self.cap_updates = 0
         self.last_event = 0
         self.full_before = 0.0  # SOC just before the last full-charge reset
+        self.empty_before = 0.0  # and before the last low-knee correction
+        self._knee_from = -1.0  # SOC when the knee corrections began (-1: not in it)
+        self._empty_armed = True  # again after each full charge
         self.updates = 0
 
     # ---- set-up ---------------------------------------------------------------
@@ -294,6 +300,13 @@ class SocEstimator:
         self.rated_mah = capacity_mah
         self.cap_as = capacity_mah * 3.6
         self._anchor_soc = None
+
+    def keep_counters(self, other):
+        """Lifetime counters from the estimator this one replaces."""
+        self.q_in = other.q_in
+        self.q_out = other.q_out
+        self.full_count = other.full_count
+        self.cap_updates = other.cap_updates
 
     def configure(self, full_mv, tail_pct):
         self.full_v = full_mv / 1000
@@ -361,8 +374,8 @@ class SocEstimator:
         self._ff_t += dt
         q_ = 1 - math.exp(-dt / _SLOW_TAU)
         self._i_slow += (abs(i) - self._i_slow) * q_
-        self._correct(v, i)
-        ev = self._full(vmax, i, dq / dt - self.bias, dt)
+        ev = self._correct(v, i)
+        ev = self._full(vmax, i, dq / dt - self.bias, dt) or ev
         ev2 = self._rest(v, i, dt)
         self.last_event = ev or ev2
         return self.last_event
@@ -470,11 +483,13 @@ class SocEstimator:
         # The slope where the voltage says we are: a voltage on the plateau
         # says little (wherever the estimate stands), one in a knee much.
         g = ocv.slope(s_v)
+        if s_v > _KNEE + 0.1:
+            self._knee_from = -1.0  # well out of the low knee
         if g < self.gate:
-            return  # the plateau: voltage says too little
+            return 0  # the plateau: voltage says too little
         ig = self.i_gate
         if abs(i) > ig or abs(self.f1) > ig or abs(self.f2) > ig:
-            return  # under heavy load, or soon after it, the model is too rough
+            return 0  # under heavy load, or soon after it, the model is too rough
         ir = abs(i) * self.r0
         slow = self._i_slow * self.r0
         R = (_SIG_V * _SIG_V + _SIG_MODEL * _SIG_MODEL + (_K_IR * ir) ** 2 + (_K_SLOW * slow) ** 2) * _CORR_S
@@ -484,6 +499,16 @@ class SocEstimator:
         # widens SOC's, but voltage errors of the model persist for minutes
         # and would read as an offset; only full charges move it (_full).
         self._apply(P[0] / S, 0.0, P[0], P[6], s_v - s)
+        if s_v < _KNEE:
+            # The low knee: once its corrections have moved SOC by a couple
+            # of points, that is the "empty" correction (once per discharge).
+            if self._knee_from < 0:
+                self._knee_from = s
+            if self._empty_armed and abs(self.soc - self._knee_from) >= _KNEE_MOVE:
+                self._empty_armed = False
+                self.empty_before = self._knee_from
+                return EV_EMPTY
+        return 0
 
     def _apply(self, k0, k2, a0, a2, e):
         # x += K e; P -= K (HP) with HP = (a0, a2) (P symmetric)
@@ -540,6 +565,7 @@ class SocEstimator:
         self._full_t = 0.0
         self._armed = False
         self._hold_t = 0.0
+        self._empty_armed = True
         self.full_count += 1
         before = self.soc
         self._learn_offset()
