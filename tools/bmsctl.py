@@ -605,42 +605,26 @@ LOG_MAX = 256  # the board's ring holds this many
 EVENT_JSON_BYTES = 260  # about the longest event record in `log --json`, for the reply's time on the wire
 
 
+def _firmware_eventlog():
+    # The board's own formatter, so `bmsctl log` prints exactly what the
+    # console's `log` prints (firmware/lib runs under CPython with the shims).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for p in ("firmware/lib", "host_tests/shims"):
+        full = os.path.join(root, p)
+        if full not in sys.path:
+            sys.path.append(full)
+    from bms import eventlog
+
+    return eventlog
+
+
 def format_event(e):
     """One event log record as the board's `log` prints it."""
-    ev, det, v = e["event"], e.get("detail"), e.get("value", 0)
-    if ev in ("trip", "clear"):
-        what = "%s %s value=%d" % (ev, det, v)
-    elif ev == "state":
-        states = ("boot", "standby", "charge", "discharge", "normal", "fault", "shutdown", "precharge")
-        what = "state %s from %s" % (det, states[v] if 0 <= v < len(states) else v)
-    elif ev == "config_set":
-        if det == "chemistry":
-            v = ("lfp", "nmc", "lto")[v] if 0 <= v < 3 else v
-        what = "config_set %s=%s" % (det, v)
-    elif ev == "fet_cmd":
-        what = "fet_cmd %s %s" % (det, _on(v))
-    elif ev == "clear_cmd":
-        what = "clear_cmd released %d" % v
-    elif ev == "chip_reset":
-        what = "chip_reset count %d" % v
-    elif ev in ("full", "empty"):
-        what = "%s soc_before %.1f%%" % (ev, v / 10)
-    elif ev == "capacity":
-        what = "capacity %d mAh" % v
-    elif ev == "lost":
-        what = "lost %d event%s" % (v, "" if v == 1 else "s")
-    elif det is not None:
-        what = "%s %s" % (ev, det)
-    else:
-        what = ev
-    if e.get("cell_max_mv") is None:
-        pack = "no reading"
-    else:
-        pack = "pack=%smV I=%+.1fA cells %d..%dmV" % ("--" if e.get("pack_mv") is None else e["pack_mv"],
-                                                     e["current_ma"] / 1000, e["cell_min_mv"], e["cell_max_mv"])
-    soc = "--" if e.get("soc_pct") is None else "%d%%" % e["soc_pct"]
-    temp = "--C" if e.get("temp_c") is None else "%dC" % e["temp_c"]
-    return "#%d boot %d +%ds %s %s soc %s %s" % (e["seq"], e["boot"], e["uptime_s"], what, pack, soc, temp)
+    eventlog = _firmware_eventlog()
+    d = dict.fromkeys(eventlog.FIELDS)  # an older board may send fewer keys
+    d["value"] = 0
+    d.update(e)
+    return eventlog.text(d)
 
 
 def format_log(doc):

@@ -40,7 +40,7 @@ _EXPECT = {
     "fet_off_while": (("fet", "while"), ("grace_s",)),
     "no_fault": ((), ("except",)),
     "fault_seen": (("fault",), ()),
-    "soc_within": (("pct",), ("from_s",)),
+    "soc_within": (("pct",), ("from_s", "rms_pct")),
     "cell_max_below": (("mv",), ()),
     "cell_min_above": (("mv",), ()),
     "spread_below": (("mv",), ()),
@@ -163,7 +163,7 @@ def _check_expect(e, where):
             _check_cond(e[k], where)
     for k in ("within_s", "not_before_s", "grace_s", "from_s"):
         _num(e, k, where, 0, 1e9)
-    for k in ("pct", "mv"):
+    for k in ("pct", "mv", "rms_pct"):
         _num(e, k, where, 0, 1e6)
     if kind == "fet_state":
         if e["at_s"] != "end":
@@ -428,7 +428,8 @@ def describe(e):
     if k == "fault_seen":
         return "fault %s trips" % e["fault"]
     if k == "soc_within":
-        return "reported SOC within +-%g %% of the truth from t=%g s" % (e["pct"], e.get("from_s", 0))
+        return "reported SOC within +-%g %%%s of the truth from t=%g s" % (
+            e["pct"], " (RMS %g %%)" % e["rms_pct"] if "rms_pct" in e else "", e.get("from_s", 0))
     if k == "cell_max_below":
         return "no cell above %d mV" % e["mv"]
     if k == "cell_min_above":
@@ -582,7 +583,9 @@ class _Expect:
             n, sq, worst = self.soc_stats
             if not n:
                 return False, "no SOC samples"
-            return worst <= e["pct"], "max error %.1f %%, RMS %.1f %% over %d samples" % (worst, (sq / n) ** 0.5, n)
+            rms = (sq / n) ** 0.5
+            ok = worst <= e["pct"] and rms <= e.get("rms_pct", 100)
+            return ok, "max error %.1f %%, RMS %.1f %% over %d samples" % (worst, rms, n)
         if k == "cell_max_below":
             return self.extreme < e["mv"], "highest cell %.0f mV" % self.extreme
         if k == "cell_min_above":

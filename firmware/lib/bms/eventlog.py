@@ -279,3 +279,43 @@ class EventLog:
         ring = self.open()
         for seq, payload in ring.records(ring.next_seq - n):
             yield decode(seq, payload)
+
+
+def text(d):
+    """One record (a dict as decode() gives, or as `log --json` sent it)
+    as the console's `log` prints it; bmsctl prints it the same way."""
+    e = d["event"]
+    det = d["detail"]
+    v = d["value"]
+    if e in ("trip", "clear"):
+        what = "%s %s value=%d" % (e, det, v)
+    elif e == "state":
+        what = "state %s from %s" % (det, STATE_NAMES[v] if 0 <= v < len(STATE_NAMES) else v)
+    elif e == "config_set":
+        if det == "chemistry":
+            v = CHEMISTRIES[v] if 0 <= v < len(CHEMISTRIES) else v
+        what = "config_set %s=%s" % (det, v)
+    elif e == "fet_cmd":
+        what = "fet_cmd %s %s" % (det, "on" if v else "off")
+    elif e == "clear_cmd":
+        what = "clear_cmd released %d" % v
+    elif e == "chip_reset":
+        what = "chip_reset count %d" % v
+    elif e in ("full", "empty"):
+        what = "%s soc_before %.1f%%" % (e, v / 10)
+    elif e == "capacity":
+        what = "capacity %d mAh" % v
+    elif e == "lost":
+        what = "lost %d event%s" % (v, "" if v == 1 else "s")
+    elif det is not None:
+        what = "%s %s" % (e, det)
+    else:
+        what = e
+    if d["cell_max_mv"] is None:
+        pack = "no reading"
+    else:
+        pack = "pack=%smV I=%+.1fA cells %d..%dmV" % (
+            "--" if d["pack_mv"] is None else d["pack_mv"], d["current_ma"] / 1000, d["cell_min_mv"], d["cell_max_mv"])
+    return "#%d boot %d +%ds %s %s soc %s %s" % (
+        d["seq"], d["boot"], d["uptime_s"], what, pack,
+        "--" if d["soc_pct"] is None else "%d%%" % d["soc_pct"], "--C" if d["temp_c"] is None else "%dC" % d["temp_c"])

@@ -577,12 +577,11 @@ class SocEstimator:
 
     def _float(self, vmax, ibar, dt):
         # Still held full (a charger floating the pack, the sun covering the
-        # load): SOC stays at 100 %. Once the tail has died away, a full cell
-        # stores nothing more, so what the sensor still reads is its offset
-        # (or side reactions, which store nothing either).
-        self.soc = 1.0
-        if self.P[0] > 1e-6:
-            self.P[0] = 1e-6
+        # load). Once the tail has died away, a full cell stores nothing
+        # more, so what the sensor still reads is its offset (or side
+        # reactions, which store nothing either). SOC itself is left to the
+        # filter: where the charger stops short of the curve's 100 %, the
+        # relaxed voltage on the steep top says where the pack really is.
         # The highest cell smoothed over a minute (readings are noisy).
         if self._hold_t == 0.0:
             self._v_avg = vmax
