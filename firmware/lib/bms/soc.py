@@ -4,15 +4,20 @@
 # Coulombs. Once a second the main loop hands that charge and the latest
 # reading to SocEstimator (floats, so it allocates, outside the tick):
 #
-# - an extended Kalman filter on a one-RC cell model, states: SOC, the RC
-#   voltage, and the current sensor's offset. Coulomb counting predicts; the
-#   mean cell voltage corrects, but only where the OCV curve is steep enough
-#   to say something (the slope gate: LFP's plateau says little, and a
-#   small model error there would drag SOC by tens of percent).
-# - the series resistance learned from current steps (dV/dI).
+# - a Kalman filter on SOC, with the current sensor's offset as a
+#   "consider" state (its uncertainty widens SOC's; voltage never moves it).
+#   Coulomb counting predicts. The mean cell voltage, less the modelled
+#   drops (R0 and two RC pairs), is read as an OCV and inverted through the
+#   curve: that SOC corrects, but only where the curve is steep enough to
+#   say something (the slope gate: on LFP's plateau a few mV of model error
+#   would drag SOC by tens of percent) and the load is light and settled.
+# - R0 learned from current steps (dV/dI), the RC pairs by recursive least
+#   squares (not on LFP, see _CELL).
 # - a real full charge (highest cell at the charge voltage, current down to
-#   the tail) is a measurement of 100 %; through the filter's covariance it
-#   also corrects the current offset counted since the last anchor.
+#   the tail) is a measurement of 100 %. The offset is measured from the
+#   charge counted between two full charges, and from the current read
+#   while a charger floats the full pack.
+# - the low knee corrects SOC near empty, logged once per discharge.
 # - capacity re-estimated from the charge counted between two well-known
 #   SOC points (a full charge and a rested OCV in a steep part of the
 #   curve, or the other way round).
@@ -248,7 +253,7 @@ class SocEstimator:
         self.tail_a = ah * tail_pct / 100
         self.soc = 0.5
         self.bias = 0.0
-        self.P = [0.0] * 9
+        self.P = [0.0] * 4  # covariance of (SOC, offset): p00, p01, p10, p11
         self.started = False
         self._full_t = 0.0
         self._armed = True
@@ -316,11 +321,11 @@ class SocEstimator:
         """Start (or restart) at soc (fraction) believed to within sigma."""
         self.soc = min(1.0, max(0.0, soc))
         P = self.P
-        for k in range(9):
+        for k in range(4):
             P[k] = 0.0
         P[0] = sigma * sigma
         b = _BIAS_SIG * self.rated_mah / 1000
-        P[8] = b * b
+        P[3] = b * b
         self.started = True
         self._anchor_soc = None
 
@@ -415,12 +420,12 @@ class SocEstimator:
         # P = F P F' + Qn, states (SOC, offset), F = [[1, -dt/Q], [0, 1]]
         f = -dt / Q
         P = self.P
-        p00, p02, p22 = P[0], P[2], P[8]
+        p00, p02, p22 = P[0], P[1], P[3]
         c1 = self.rated_mah / 1000
         qs = 0.01 * dq / Q  # the counted charge: 1 % of the reading
         P[0] = p00 + 2 * f * p02 + f * f * p22 + qs * qs
-        P[2] = P[6] = p02 + f * p22
-        P[8] = p22 + _Q_BIAS * c1 * c1 * dt
+        P[1] = P[2] = p02 + f * p22
+        P[3] = p22 + _Q_BIAS * c1 * c1 * dt
         if self.soc > 1.0:
             self.soc = 1.0
         elif self.soc < 0.0:
@@ -498,7 +503,7 @@ class SocEstimator:
         # The offset is a "consider" state (Schmidt-Kalman): its uncertainty
         # widens SOC's, but voltage errors of the model persist for minutes
         # and would read as an offset; only full charges move it (_full).
-        self._apply(P[0] / S, 0.0, P[0], P[6], s_v - s)
+        self._apply(P[0] / S, 0.0, P[0], P[2], s_v - s)
         if s_v < _KNEE:
             # The low knee: once its corrections have moved SOC by a couple
             # of points, that is the "empty" correction (once per discharge).
@@ -516,13 +521,13 @@ class SocEstimator:
         self.bias += k2 * e
         P = self.P
         P[0] -= k0 * a0
-        P[2] -= k0 * a2
-        P[8] -= k2 * a2
-        P[6] = P[2]
+        P[1] -= k0 * a2
+        P[3] -= k2 * a2
+        P[2] = P[1]
         if P[0] < 1e-8:
             P[0] = 1e-8
-        if P[8] < 1e-12:
-            P[8] = 1e-12
+        if P[3] < 1e-12:
+            P[3] = 1e-12
         if self.soc > 1.0:
             self.soc = 1.0
         elif self.soc < 0.0:
@@ -532,7 +537,7 @@ class SocEstimator:
         """A direct SOC measurement (a full charge)."""
         P = self.P
         S = P[0] + sigma * sigma
-        self._apply(P[0] / S, 0.0, P[0], P[6], z - self.soc)
+        self._apply(P[0] / S, 0.0, P[0], P[2], z - self.soc)
 
     def _learn_offset(self):
         # Between two full charges the pack's real net charge is about zero
@@ -621,8 +626,8 @@ class SocEstimator:
         if sig < 0.0005 * c1:
             sig = 0.0005 * c1
         P = self.P
-        P[8] = sig * sig
-        P[2] = P[6] = 0.0
+        P[3] = sig * sig
+        P[1] = P[2] = 0.0
 
     def _rest(self, v, i, dt):
         # A long rest in a steep part of the curve: the OCV is an anchor.
