@@ -498,8 +498,8 @@ def test_soc_and_counters_survive_a_reset_and_are_written_rate_limited():
     _second(bms, 400)  # past 10 min: written once
     assert len(saves) == 1
     soc_then = bms.est.soc
-    q_out = bms.est.q_out
-    assert abs(q_out / 3600 - 0.97) < 0.02  # 700 s x 5 A
+    q_out = bms.est.q_out_mas
+    assert abs(q_out / 3600000 - 0.97) < 0.02  # 700 s x 5 A
     bms.reset()  # the console's reset: saved first
     bms2, afe2 = boot_bms(bms.config_path)
     afe2.cells_mv = [3300] * 4
@@ -509,7 +509,7 @@ def test_soc_and_counters_survive_a_reset_and_are_written_rate_limited():
     # over the OCV (55 %).
     assert abs(soc_then - (soc_full - 0.097)) < 0.01  # 700 s x 5 A of 10 Ah
     assert abs(bms2.est.soc - soc_then) < 0.02, (bms2.est.soc, soc_then)
-    assert abs(bms2.est.q_out - q_out) < 1
+    assert bms2.est.q_out_mas == q_out
 
 
 def test_full_charge_is_logged_and_shown():
@@ -533,11 +533,32 @@ def test_a_chemistry_change_restarts_soc_but_keeps_the_lifetime_counters():
     bms, afe = make_bms(capacity_mah=10000)
     afe.cells_mv = [3300] * 4
     afe.current_ma = -5000
-    _second(bms, 360)
-    q_out = bms.est.q_out
-    assert q_out > 1000
+    _second(bms, 60)
+    bms.save_state()  # an older copy on flash
+    _second(bms, 300)
+    q_out = bms.est.q_out_mas
+    assert q_out > 1000000
     bms.apply_config(bms.cfg.with_preset("nmc"))
-    assert not bms.est.started and bms.est.q_out == q_out
+    assert not bms.est.started and bms.est.q_out_mas == q_out
     afe.cells_mv = [3700] * 4
     _second(bms, 2)
-    assert bms.est.started and bms.est.q_out >= q_out
+    # The new estimator started from the saved state: the counters did not
+    # roll back to an older save.
+    assert bms.est.started and bms.est.q_out_mas >= q_out
+
+
+def test_a_boards_own_ocv_curve_is_used_and_a_bad_one_is_reported():
+    from helpers import boot_bms, saved_config, tmpdir
+
+    d = tmpdir()
+    path = saved_config(d, capacity_mah=10000)
+    with open(d + "/ocv_lfp.csv", "w") as f:
+        f.write("soc_pct,ocv_v\n0,3.0\n50,3.2\n100,3.4\n")  # a made-up, steep curve
+    bms, afe = boot_bms(path)
+    afe.cells_mv = [3300] * 4
+    run(bms, 1)
+    assert abs(bms.est.soc - 0.75) < 0.01  # 3.3 V on that curve, not 55 % on the typical one
+    with open(d + "/ocv_lfp.csv", "w") as f:
+        f.write("soc_pct,ocv_v\n0,3000\n50,3200\n100,3400\n")  # millivolts: refused
+    bms, afe = boot_bms(path)
+    assert "ocv_lfp.csv" in bms.last_error and "volts" in bms.last_error

@@ -169,3 +169,23 @@ def test_config_for_more_cells_than_the_board_has_is_a_config_fault():
     assert "config" in bms.prot.names(bms.prot.active)
     assert bms.config_problem == "cells=8 out of range 1..4 (this board)"
     assert not afe.chg and not afe.dsg
+
+
+def test_a_config_saved_by_an_older_firmware_loads_with_the_new_settings_defaulted():
+    # An NMC pack set to trip at 4.10 V, saved before soc_full_mv and
+    # soc_tail_pct existed: still a good config, full charge below its trip.
+    import json
+
+    from bms.config import crc32, decode, encode
+
+    cfg = config.defaults("nmc").with_values({"cell_ov_mv": 4100, "cell_ov_warn_mv": 4080, "soc_full_mv": 4000,
+                                              "cell_ov_clear_mv": 4000, "board_max_c": 50})
+    text = encode(cfg)
+    body = json.loads(text.split("\n")[0])
+    for key in ("soc_full_mv", "soc_tail_pct"):
+        del body["config"][key]
+    body = json.dumps(body)
+    old = "%s\n%08x\n" % (body, crc32(body.encode()) & 0xFFFFFFFF)
+    got = decode(old)
+    assert got["soc_full_mv"] == 4050 and got["soc_tail_pct"] == 5
+    assert got["cell_ov_mv"] == 4100 and got["board_max_c"] == 50  # bal_board_max_c 55 is no conflict

@@ -198,6 +198,47 @@ def test_flash_failure_keeps_events_queued_and_is_counted():
     assert afe.chg and afe.dsg  # protection goes on regardless
 
 
+class _Clock:
+    def __init__(self):
+        self.now = 0
+
+    def ticks_ms(self):
+        return self.now
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+
+def test_a_failing_flash_is_left_alone_longer_each_time_and_retried_soon_once_it_works():
+    def broken(path, mode):
+        raise OSError(5)
+
+    clock = _Clock()
+    real = eventlog.time
+    eventlog.time = clock
+    try:
+        log = EventLog("/events.bin", _ctx, None, broken)
+        log.push(eventlog.EV_SHIP)
+        tries = []
+        for ms in range(0, 40000, 100):
+            clock.now = ms
+            try:
+                log.flush()
+            except OSError:
+                tries.append(ms)
+        # push() tried at 0 already; then 1 s, 2 s, 4 s ... apart.
+        assert tries[0] == 1000, tries
+        gaps = [b - a for a, b in zip(tries, tries[1:])]
+        assert gaps[:4] == [2000, 4000, 8000, 16000], gaps
+        fl = FakeFlash()
+        log._opener = fl.open  # the flash works again
+        clock.now += 60000
+        log.flush()
+        assert log.pending() == 0 and log._retry_ms == 1000
+    finally:
+        eventlog.time = real
+
+
 def test_wrap_around_keeps_the_newest_256():
     fl = FakeFlash()
     log = EventLog("/events.bin", _ctx, None, fl.open)

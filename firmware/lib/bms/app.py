@@ -50,6 +50,7 @@ class Bms:
         self.board_name = board_name
         self.wdt = wdt
         self.reset_fn = reset
+        self.last_error = ""  # set from here on: a bad ocv file is reported at boot
         cfg, _src, problem = config.load(config_path)
         self.config_problem = ""
         if cfg is None:
@@ -76,6 +77,7 @@ class Bms:
         self._state = None  # the counters' flash slots (service() opens them)
         self._saved_at_ms = 0  # counted time since the last counters save
         self._saved_soc = -1.0
+        self._save_soon = False  # an event's state waits for _SAVE_MIN_MS
         self.timer = None
         self.comm_errors = 0
         self.chip_resets = 0  # the front-end lost its configuration and was set up again
@@ -96,7 +98,6 @@ class Bms:
         self.tick_errors = 0
         self.service_errors = 0  # main-loop work (SOC, flash) that raised
         self.missed_ticks = 0
-        self.last_error = ""
         self.reset_cause = ""  # set by main.py from machine.reset_cause()
         # The event log: the tick queues what changed (_log_changes), service() writes it.
         self.events = eventlog.EventLog(eventlog.path_beside(config_path), self._event_context,
@@ -168,6 +169,7 @@ class Bms:
         if not first and cfg["chemistry"] != self.cfg["chemistry"]:
             # Another curve: SOC starts over (from the OCV or the saved
             # state), the pack's lifetime counters carry on.
+            self._save_before_power_off()  # the file then holds these counters, not older ones
             old_est = self.est
             self.est = SocEstimator(cfg["chemistry"], cfg["capacity_mah"], self._load_ocv(cfg["chemistry"]))
             self.est.keep_counters(old_est)
@@ -553,9 +555,10 @@ class Bms:
         self._service_soc()
 
     def _load_ocv(self, chemistry):
-        # A board's own cell curve, if one was copied to the board, else
-        # the chemistry's typical curve. A bad file is reported, not used.
-        path = self._data_path("ocv.csv")
+        # A board's own cell curve (ocv_lfp.csv ...), if one was copied to
+        # the board, else the chemistry's typical curve. A bad file is
+        # reported (last_error), not used.
+        path = self._data_path("ocv_%s.csv" % chemistry)
         try:
             with open(path) as f:
                 text = f.read()
@@ -598,17 +601,19 @@ class Bms:
             return
         self._saved_at_ms += c.ms
         ev = soc.step(est, c, mean, i, hi)
-        if ev == EV_FULL:
+        if ev & EV_FULL:
             self.events.push(eventlog.EV_FULL, 0, int(est.full_before * 1000))
-        elif ev == EV_CAPACITY:
+        if ev & EV_CAPACITY:
             self.events.push(eventlog.EV_CAPACITY, 0, est.capacity_mah())
-        elif ev == EV_EMPTY:
+        if ev & EV_EMPTY:
             self.events.push(eventlog.EV_EMPTY, 0, int(est.empty_before * 1000))
+        if ev:
+            self._save_soon = True
         # Flash wear: at most one counters write per _SAVE_MS, and only once
-        # SOC moved by a percent; a full charge or new capacity is saved at
-        # once (but not more than once a minute).
+        # SOC moved by a percent; a full charge, low knee or new capacity is
+        # saved soon (a minute after the last write at the earliest).
         due = self._saved_at_ms >= _SAVE_MS and abs(est.soc - self._saved_soc) >= 0.01
-        if due or (ev and self._saved_at_ms >= _SAVE_MIN_MS):
+        if due or (self._save_soon and self._saved_at_ms >= _SAVE_MIN_MS):
             try:
                 self.save_state()
             except OSError:
@@ -633,6 +638,7 @@ class Bms:
         self._state.save(self.est.saved())
         self._saved_at_ms = 0
         self._saved_soc = self.est.soc
+        self._save_soon = False
 
     def service_error(self, e):
         if self.service_errors < _COUNT_MAX:

@@ -66,7 +66,8 @@ class Balancer:
         self.delta_mv = cfg["bal_delta_mv"]
         self.max_cells = cfg["bal_max_cells"]
         self.idle = cfg["bal_idle"]
-        self.board_max_dc = cfg["bal_board_max_c"] * 10
+        # Never at or above the board's own trip (ot_board stops it anyway).
+        self.board_max_dc = min(cfg["bal_board_max_c"], cfg["board_max_c"] - 1) * 10
         self.hyst_dc = cfg["temp_hyst_c"] * 10
         if pairs is None:
             pairs = (1 << (n_cells - 1)) - 1 if self.no_adjacent and n_cells > 1 else 0

@@ -177,7 +177,6 @@ def _rules(v):
         (v["chg_max_c"] - v["chg_min_c"] > v["temp_hyst_c"], "chg_max_c - chg_min_c must exceed temp_hyst_c (%d)" % v["temp_hyst_c"]),
         (v["dsg_max_c"] - v["dsg_min_c"] > v["temp_hyst_c"], "dsg_max_c - dsg_min_c must exceed temp_hyst_c (%d)" % v["temp_hyst_c"]),
         (v["chg_max_c"] <= v["dsg_max_c"], "chg_max_c must not exceed dsg_max_c (%d)" % v["dsg_max_c"]),
-        (v["bal_board_max_c"] < v["board_max_c"], "bal_board_max_c must be below board_max_c (%d)" % v["board_max_c"]),
         (v["dsg_min_c"] <= v["chg_min_c"], "dsg_min_c must not exceed chg_min_c (%d)" % v["chg_min_c"]),
     )
 
@@ -305,9 +304,15 @@ def decode(text):
         # A setting added by a newer firmware takes its default: an upgrade
         # must not turn a good saved config into a config fault.
         base = defaults(chem)._v
+        new_full = "soc_full_mv" not in values
         for key in SCHEMA:
             if key not in values:
                 values[key] = base[key]
+        # The full-charge voltage sits below the config's own OV trip (an
+        # NMC pack set to 4.10 V would refuse the 4.15 V default).
+        ov = values.get("cell_ov_mv")
+        if new_full and type(ov) is int and values["soc_full_mv"] >= ov:
+            values["soc_full_mv"] = ov - 50
     return Config(values)
 
 

@@ -343,8 +343,8 @@ class Console:
                 self.out("state %s  CHG %s  DSG %s" % (v["state"], _on(f.chg), _on(f.dsg)))
             return
         if args == ["ship"]:
+            bms.events.push(eventlog.EV_SHIP)  # on flash before the front-end cuts the power
             bms.ship()
-            bms.events.push(eventlog.EV_SHIP)
             self.out("ok ship mode: FETs off until 'fet all on'")
             return
         if len(args) != 2 or args[0] not in _FET_BITS or args[1] not in ("on", "off"):
@@ -382,15 +382,19 @@ class Console:
             # The owner knows better (a pack just built, a charge while the
             # board was off): believed to within 5 points, then corrected.
             est.reset(pct / 100, 0.05)
-            self.bms.save_state()
             self.bms.events.push(eventlog.EV_SOC_SET, 0, pct)
+            try:
+                self.bms.save_state()
+            except OSError as e:  # set all the same; saved at the next interval
+                self.out("ok soc %d%% (not saved yet: storage: %s)" % (pct, e))
+                return
             self.out("ok soc %d%%" % pct)
             return
         d = {"soc_pct": est.pct() if est.started else None,
              "sigma_pct": round(est.sigma_pct(), 1) if est.started else None,
              "soh_pct": round(est.soh_pct(), 1), "capacity_mah": est.capacity_mah(),
              "rated_mah": est.rated_mah, "cycles": round(est.cycles(), 2),
-             "ah_in": round(est.q_in / 3600, 1), "ah_out": round(est.q_out / 3600, 1),
+             "ah_in": round(est.ah_in(), 1), "ah_out": round(est.ah_out(), 1),
              "full_charges": est.full_count, "capacity_updates": est.cap_updates,
              "offset_ma": int(est.bias * 1000), "r0_mohm": round(est.r0 * 1000, 2)}
         if as_json:

@@ -79,6 +79,7 @@ _W = const(9)  # ints per queued event: code, arg, value, then the context
 _CTX = const(3)  # context: uptime_s, pack_mv, current_ma, cell_min_mv, cell_max_mv, temp (0.1 degC)
 _NO_TEMP = const(-32768)
 _RETRY_MS = const(1000)  # after a failed write, leave the flash alone this long
+_RETRY_MAX_MS = const(60000)  # and twice as long after each further failure, up to this
 _COUNT_MAX = const(0x3FFFFFFF)
 _I32 = 0x7FFFFFFF  # not a const: beyond a small int on the board
 
@@ -161,6 +162,8 @@ class EventLog:
         self.boot = 0  # this boot's number: the last record's + 1
         self._payload = bytearray(struct.calcsize(_FMT))
         self._failed_ms = None  # when the last flush failed
+        self._failed_once = False  # the flush before this one failed too
+        self._retry_ms = _RETRY_MS  # how long a failed flash is left alone
 
     # ---- queueing -----------------------------------------------------------------
 
@@ -229,14 +232,17 @@ class EventLog:
         """Write the queued events to flash (main loop). Raises OSError if the
         flash fails (the events stay queued; no retry for _RETRY_MS)."""
         if self._failed_ms is not None:
-            if time.ticks_diff(time.ticks_ms(), self._failed_ms) < _RETRY_MS:
+            if time.ticks_diff(time.ticks_ms(), self._failed_ms) < self._retry_ms:
                 return
             self._failed_ms = None
         if not self.pending() and not self._lost and self.ring is not None:
             return
         try:
             self.open()
-            soc = self._soc() if self._soc is not None else -1
+            try:
+                soc = self._soc() if self._soc is not None else -1
+            except Exception:  # an estimator in trouble must not keep the trips off flash
+                soc = -1
             # The tick's events first: a console event in the same batch was
             # pushed (and flushed) after them or comes from this same call.
             while self._tt != self._th:
@@ -256,8 +262,15 @@ class EventLog:
                     self._lost += lost
                     raise
         except OSError:
+            # A failing flash is left alone for longer each time (up to a
+            # minute): retrying every second would only wear it further.
+            if self._failed_ms is None and self._retry_ms:
+                self._retry_ms = min(self._retry_ms * 2, _RETRY_MAX_MS) if self._failed_once else _RETRY_MS
+            self._failed_once = True
             self._failed_ms = time.ticks_ms()
             raise
+        self._failed_once = False
+        self._retry_ms = _RETRY_MS
 
     def _write(self, q, i, soc):
         temp = q[i + 8]

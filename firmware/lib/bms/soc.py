@@ -71,6 +71,11 @@ class Ocv:
         # Single-precision arrays: 8 bytes a point, not a boxed float each.
         self.s = array("f", socs)
         self.v = array("f", volts)
+        for k in range(1, len(socs)):
+            if not (self.s[k] > self.s[k - 1] and self.v[k] > self.v[k - 1]):
+                raise ValueError("OCV points %d and %d are too close to tell apart" % (k - 1, k))
+        if not (1.0 <= self.v[0] and self.v[-1] <= 5.0):
+            raise ValueError("OCV must be in volts (1.0..5.0), got %.3g..%.3g" % (self.v[0], self.v[-1]))
         self.n = len(socs)
 
     def _seg(self, s):
@@ -188,14 +193,15 @@ class Coulombs:
 
 # ---- the estimator -----------------------------------------------------------------
 
+# Events update() returns, as bits (two can come in one step).
 EV_FULL = const(1)
 EV_CAPACITY = const(2)
-EV_EMPTY = const(3)
+EV_EMPTY = const(4)
 _KNEE = 0.15  # below this SOC the voltage is on the low knee
 _KNEE_MOVE = 0.02  # knee corrections this large are an "empty" event
 
 _STATE_VER = const(1)
-_STATE_FMT = "<BfffffddIII"
+_STATE_FMT = "<BfffffQQIII"  # the lifetime counters as integer mA*s
 STATE_SIZE = const(49)  # struct.calcsize(_STATE_FMT)
 
 _FULL_HOLD_S = 30.0  # full-charge condition held this long
@@ -275,8 +281,10 @@ class SocEstimator:
         self._anchor_soc = None
         self._anchor_q = 0.0
         # Lifetime counters (As) and events
-        self.q_in = 0.0
-        self.q_out = 0.0
+        # Integers (mA*s): a single-precision float stops counting once the
+        # total is 2**24 times the step, within a year on a household pack.
+        self.q_in_mas = 0
+        self.q_out_mas = 0
         self.full_count = 0
         self.cap_updates = 0
         self.last_event = 0
@@ -301,15 +309,24 @@ class SocEstimator:
         return th[0] * self.f1 + th[1] * self.f2
 
     def set_capacity(self, capacity_mah):
-        """A new rated capacity from the config: the estimate starts over."""
+        """A new rated capacity from the config: the capacity estimate
+        starts over, and what scales with capacity scales with it."""
+        k = capacity_mah / self.rated_mah
         self.rated_mah = capacity_mah
         self.cap_as = capacity_mah * 3.6
         self._anchor_soc = None
+        self.r0 /= k  # the same cells in a bigger pack: less resistance
+        th = self.th
+        th[0] /= k
+        th[1] /= k
+        self.i_gate *= k
+        self.tail_a *= k
+        self._rls_reset()
 
     def keep_counters(self, other):
         """Lifetime counters from the estimator this one replaces."""
-        self.q_in = other.q_in
-        self.q_out = other.q_out
+        self.q_in_mas = other.q_in_mas
+        self.q_out_mas = other.q_out_mas
         self.full_count = other.full_count
         self.cap_updates = other.cap_updates
 
@@ -367,10 +384,10 @@ class SocEstimator:
         i = current_ma / 1000
         vmax = v if max_mv is None else max_mv / 1000
         self.updates += 1
-        if dq > 0:
-            self.q_in += dq
+        if dq_mas > 0:
+            self.q_in_mas += dq_mas
         else:
-            self.q_out -= dq
+            self.q_out_mas -= dq_mas
         self._learn_r0(v, i)
         self._predict(dq, dt)
         self._learn_rc(v, i)
@@ -379,11 +396,16 @@ class SocEstimator:
         self._ff_t += dt
         q_ = 1 - math.exp(-dt / _SLOW_TAU)
         self._i_slow += (abs(i) - self._i_slow) * q_
-        ev = self._correct(v, i)
-        ev = self._full(vmax, i, dq / dt - self.bias, dt) or ev
-        ev2 = self._rest(v, i, dt)
-        self.last_event = ev or ev2
-        return self.last_event
+        ev = self._correct(v, i) | self._full(vmax, i, dq / dt - self.bias, dt) | self._rest(v, i, dt)
+        if not (_finite(self.soc) and _finite(self.bias) and _finite(self.P[0])):
+            # Whatever produced it, a NaN must not live on (and be saved):
+            # start over, knowing nothing.
+            self.bias = 0.0
+            self.reset(0.5, _START_SIG)
+            self.f1 = self.f2 = 0.0
+            self._rls_reset()
+        self.last_event = ev
+        return ev
 
     def _learn_r0(self, v, i):
         ip = self._i_prev
@@ -576,9 +598,8 @@ class SocEstimator:
         self._learn_offset()
         self._measure_soc(1.0, 0.002)
         self.soc = 1.0
-        self._anchor(1.0)
         self.full_before = before
-        return EV_FULL
+        return EV_FULL | self._anchor(1.0)
 
     def _float(self, vmax, ibar, dt):
         # Still held full (a charger floating the pack, the sun covering the
@@ -683,7 +704,13 @@ class SocEstimator:
 
     def cycles(self):
         """Equivalent full cycles: charge delivered over the rated capacity."""
-        return self.q_out / (self.rated_mah * 3.6)
+        return self.q_out_mas / (self.rated_mah * 3600)
+
+    def ah_in(self):
+        return self.q_in_mas / 3600000
+
+    def ah_out(self):
+        return self.q_out_mas / 3600000
 
 
     # ---- persistence ------------------------------------------------------------
@@ -692,7 +719,7 @@ class SocEstimator:
 
     def saved(self):
         return struct.pack(_STATE_FMT, _STATE_VER, self.soc, math.sqrt(max(self.P[0], 0.0)), self.bias,
-                           self.cap_as, self.r0, self.q_in, self.q_out, self.full_count, self.cap_updates,
+                           self.cap_as, self.r0, self.q_in_mas, self.q_out_mas, self.full_count, self.cap_updates,
                            self.rated_mah)
 
     def restore(self, blob):
@@ -703,21 +730,29 @@ class SocEstimator:
         f = struct.unpack(_STATE_FMT, blob)
         if f[0] != _STATE_VER:
             return None
-        self.q_in = f[6]
-        self.q_out = f[7]
+        # Each value is checked on its own: a CRC-valid file can still hold
+        # a NaN written by a bug, and it must not come back at every boot.
+        self.q_in_mas = f[6]
+        self.q_out_mas = f[7]
         self.full_count = f[8]
         self.cap_updates = f[9]
         if f[10] != self.rated_mah:
             return None  # another pack: only the lifetime counters carry over
-        self.bias = f[3]
-        if 0.5 * self.rated_mah * 3.6 < f[4] < 1.2 * self.rated_mah * 3.6:
+        c1 = self.rated_mah / 1000
+        if _finite(f[3]) and abs(f[3]) <= _OFFSET_MAX * c1:
+            self.bias = f[3]
+        if _finite(f[4]) and 0.5 * self.rated_mah * 3.6 < f[4] < 1.2 * self.rated_mah * 3.6:
             self.cap_as = f[4]
-        if 0 < f[5] < 1:
+        if _finite(f[5]) and 0 < f[5] < 1:
             self.r0 = f[5]
-        if not (0 <= f[1] <= 1):
+        if not (_finite(f[1]) and _finite(f[2]) and 0 <= f[1] <= 1 and 0 <= f[2] <= 1):
             return None
         return f[1], f[2]
 
+
+
+def _finite(x):
+    return x == x and -1e30 < x < 1e30  # not NaN, not infinite
 
 
 def step(est, counter, cell_mv, current_ma, max_mv):

@@ -2,9 +2,11 @@
 #
 # Every record carries a sequence number and a CRC-32: a write that was cut
 # short leaves a record whose CRC does not match, which is skipped, and the
-# records around it are never touched by that write. This holds on littlefs
-# (which also keeps the last committed file contents) and on FAT (which does
-# not); see ../shared/reference/micropython-practice.md A3.
+# records around it are not written by it. On littlefs (the default on ESP32
+# and RP2, copy-on-write: the last committed contents survive) that is the
+# whole story. On FAT a torn write is still detected, but FAT may rewrite a
+# whole sector, neighbours included: use littlefs (see
+# ../shared/reference/micropython-practice.md A3).
 #
 # Each write is one seek and one write of a whole record from a buffer built
 # in place, then a flush (littlefs commits on flush and close). No `machine`:
@@ -72,7 +74,9 @@ class Slots:
         self._seq = 0
         try:
             f = self._open(self.path, "rb")
-        except OSError:
+        except OSError as e:
+            if not e.args or e.args[0] != _ENOENT:
+                raise  # a flash that fails is not an empty one: a save now could lose the newer copy
             f = None  # no file yet: nothing saved
         if f is not None:
             try:
