@@ -25,10 +25,15 @@ NMC_FROM_S = 900.0
 LFP_GRACE_S = 120.0
 
 
+SIGNS = (1, 1, -1)  # offset, gain, start error; --all-signs tries the other combinations
+SEED = 1
+
+
 def bench_errors(capacity_ah, true0):
-    start = -20.0 if true0 >= 20 else 20.0
-    return soc_replay.Errors(offset_a=0.005 * capacity_ah, gain_pct=0.5, v_noise_mv=2.0,
-                             start_error_pct=start, seed=1)
+    so, sg, ss = SIGNS
+    start = 20.0 * ss if 0 <= true0 + 20.0 * ss <= 100 else -20.0 * ss
+    return soc_replay.Errors(offset_a=so * 0.005 * capacity_ah, gain_pct=sg * 0.5, v_noise_mv=2.0,
+                             start_error_pct=start, seed=SEED)
 
 
 def one(chem, name, folder):
@@ -80,7 +85,9 @@ def run(profiles):
 
 
 def table(results):
-    lines = ["SOC error in % points (errors: offset 0.5 % of 1C, gain +0.5 %, 2 mV noise, start 20 points off)",
+    so, sg, ss = SIGNS
+    lines = ["SOC error in %% points (errors: offset %+.1f %% of 1C, gain %+.1f %%, 2 mV noise, start %+d points off)"
+             % (0.5 * so, 0.5 * sg, 20 * ss),
              "%-4s %-11s %6s %8s  %-17s  %-17s  %-22s %s" % ("chem", "profile", "hours", "from", "estimator RMS/max",
                                                              "coulomb cnt RMS/max", "target", "")]
     for r in results:
@@ -98,7 +105,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tools.soc_bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profiles", default=os.path.join(ROOT, "build", "soc_profiles"))
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--all-signs", action="store_true",
+                    help="also every other sign of offset, gain and start error (another noise seed)")
     args = ap.parse_args(argv)
+    global SIGNS, SEED
+    if args.all_signs:
+        for signs in ((1, 1, -1), (-1, -1, -1), (1, -1, 1), (-1, 1, 1)):
+            SIGNS, SEED = signs, 7
+            print(table(run(args.profiles)))
+        return 0
     res = run(args.profiles)
     if args.json:
         print(json.dumps(res))

@@ -74,3 +74,28 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and word in lines[0], (word, r.stderr)
         assert not os.path.exists(tmp_path / "est.csv")
+
+
+def test_the_bench_table_puts_the_estimator_beside_plain_counting(tmp_path):
+    # The committed short profiles standing in for make profiles' output.
+    import shutil
+
+    from tools import soc_bench
+
+    for chem in ("nmc", "lfp"):
+        d = tmp_path / chem
+        d.mkdir()
+        src = os.path.join(DATA, chem)
+        shutil.copy(os.path.join(src, "ocv.csv"), d / "ocv.csv")
+        shutil.copy(os.path.join(src, "meta.json"), d / "meta.json")
+        shutil.copy(os.path.join(src, chem + "_pulse_short.csv"), d / "pulse_2h.csv")
+        shutil.copy(os.path.join(src, chem + "_fullcharge_short.csv"), d / "solar_2h.csv")
+    res = {(r["chemistry"], r["profile"]): r for r in soc_bench.run(str(tmp_path))}
+    assert "missing" in res[("nmc", "solar_days")]["error"]
+    nmc = res[("nmc", "pulse_2h")]
+    assert nmc["est_max"] < 3 and nmc["cc_max"] > 15 and nmc["pass"] is True
+    lfp = res[("lfp", "solar_2h")]  # the full-charge profile: judged from its full charge
+    assert lfp["pass"] is True and lfp["from_s"] > 0
+    assert res[("lfp", "pulse_2h")]["pass"] is None  # no full charge: no target
+    text = soc_bench.table(list(res.values()))
+    assert "estimator RMS/max" in text and "coulomb cnt RMS/max" in text and "missing (make profiles)" in text

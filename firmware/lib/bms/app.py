@@ -35,7 +35,7 @@ _BOOT_GRACE_S = const(5)  # a front-end may take this long to its first reading
 # Frozen inputs: see Bms._frozen.
 _FROZEN_MS = const(1000)
 _SAVE_MS = const(600000)  # counters to flash at most every 10 min of running
-_SAVE_MIN_MS = const(60000)
+_SAVE_MIN_MS = const(60000)  # an event (full charge...) is saved this soon after the last write
 _FROZEN_MV = const(10)
 _STILL_MV = const(3)
 
