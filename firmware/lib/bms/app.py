@@ -63,6 +63,7 @@ class Bms:
             cfg = self.fallback_config(cfg["chemistry"] if cfg else "lfp", afe, board_defaults)
         self.m = Measurements(afe.max_cells, afe.n_temps, afe.has_board_temp)
         self.frozen_cell = 0  # 1-based cell whose reading froze (0: none)
+        self.cell_total_mv = 0  # sum of the cells on the last reading
         n = afe.max_cells
         self._ref = array("i", [0] * n)  # each cell's reading a second ago
         self._ref2 = array("i", [0] * n)  # and two seconds ago
@@ -169,7 +170,7 @@ class Bms:
         if not first and cfg["chemistry"] != self.cfg["chemistry"]:
             # Another curve: SOC starts over (from the OCV or the saved
             # state), the pack's lifetime counters carry on.
-            self._save_before_power_off()  # the file then holds these counters, not older ones
+            self._save_now()  # the file then holds these counters, not older ones
             old_est = self.est
             self.est = SocEstimator(cfg["chemistry"], cfg["capacity_mah"], self._load_ocv(cfg["chemistry"]))
             self.est.keep_counters(old_est)
@@ -494,6 +495,7 @@ class Bms:
                 hi = v
             if v < lo:
                 lo = v
+        self.cell_total_mv = total  # for the SOC step (service), with q[Q_CELL_MAX]
         ok = _CELL_MIN_MV <= lo and hi <= _CELL_MAX_MV
         self.frozen_cell = self._frozen(cells, n)
         if self.frozen_cell:
@@ -575,17 +577,6 @@ class Bms:
         k = p.rfind("/")
         return p[:k + 1] + name if k >= 0 else name
 
-    def _cell_stats(self):
-        cells = self.m.cells_mv
-        n = self.n_cells
-        total = 0
-        hi = cells[0]
-        for k in range(n):
-            total += cells[k]
-            if cells[k] > hi:
-                hi = cells[k]
-        return total / n, hi
-
     def _service_soc(self):
         c = self.coulombs
         est = self.est
@@ -593,7 +584,8 @@ class Bms:
             return
         if est.started and c.ms < 1000:
             return
-        mean, hi = self._cell_stats()
+        mean = self.cell_total_mv / self.n_cells  # the last valid reading's (see _quantities)
+        hi = self.prot.q[Q_CELL_MAX]
         i = self.m.current_ma
         if not est.started:
             c.take()  # counted before the start belongs to no estimate
@@ -664,10 +656,10 @@ class Bms:
         finally:
             self._afe_busy = False
 
-    def _save_before_power_off(self):
-        # SOC and counters as they are now: ship mode and a reset would
-        # otherwise lose up to _SAVE_MS of them. A failing flash must not
-        # keep the board from going down.
+    def _save_now(self):
+        # SOC and counters as they are now: ship mode, a reset or a new
+        # estimator would otherwise lose up to _SAVE_MS of them. A failing
+        # flash must not keep the board from going down.
         try:
             self.save_state()
         except OSError as e:
@@ -675,7 +667,7 @@ class Bms:
 
     def ship(self):
         self.fets.enter_ship()
-        self._save_before_power_off()
+        self._save_now()
         self._exclusive(self.afe.shutdown)
 
     def clear(self):
@@ -687,6 +679,6 @@ class Bms:
     def reset(self):
         self.fets.off()
         self.afe.set_fets(False, False)
-        self._save_before_power_off()
+        self._save_now()
         if self.reset_fn is not None:
             self.reset_fn()

@@ -152,11 +152,6 @@ def parse_ocv_csv(text):
     return Ocv(socs, volts)
 
 
-def soc_from_ocv(chemistry, cell_mv):
-    """Percent (int) of a rested cell voltage on the chemistry's curve."""
-    return int(default_ocv(chemistry).soc(cell_mv / 1000) * 100 + 0.5)
-
-
 # ---- the tick's half -----------------------------------------------------------
 
 
@@ -235,7 +230,7 @@ _FLOAT_STILL_V = 0.005  # while the highest cell stays within this
 
 
 class SocEstimator:
-    def __init__(self, chemistry, capacity_mah, ocv=None, full_mv=None, tail_pct=5):
+    def __init__(self, chemistry, capacity_mah, ocv=None):
         c = _CELL[chemistry]
         self.ocv = ocv or default_ocv(chemistry)
         self.rated_mah = capacity_mah
@@ -255,8 +250,8 @@ class SocEstimator:
         self.gate = c[3] * 100 / 1000  # mV/% -> V per unit SOC
         self.i_gate = c[4] * ah  # current (A) above which voltage is not used
         self.learn_rc = c[5]
-        self.full_v = (full_mv if full_mv is not None else 0) / 1000
-        self.tail_a = ah * tail_pct / 100
+        self.full_v = 0.0  # no full-charge test until configure()
+        self.tail_a = ah * 0.05
         self.soc = 0.5
         self.bias = 0.0
         self.P = [0.0] * 4  # covariance of (SOC, offset): p00, p01, p10, p11
@@ -287,12 +282,10 @@ class SocEstimator:
         self.q_out_mas = 0
         self.full_count = 0
         self.cap_updates = 0
-        self.last_event = 0
         self.full_before = 0.0  # SOC just before the last full-charge reset
         self.empty_before = 0.0  # and before the last low-knee correction
         self._knee_from = -1.0  # SOC when the knee corrections began (-1: not in it)
         self._empty_armed = True  # again after each full charge
-        self.updates = 0
 
     # ---- set-up ---------------------------------------------------------------
 
@@ -375,7 +368,6 @@ class SocEstimator:
         """One step: dq_mas charge counted (mA*s, + = charging) over dt_ms,
         then the latest mean cell voltage and current (and the highest cell
         for the full-charge test). Returns an event: 0, EV_FULL or EV_CAPACITY."""
-        self.last_event = 0
         if dt_ms <= 0:
             return 0
         dt = dt_ms / 1000
@@ -383,7 +375,6 @@ class SocEstimator:
         v = cell_mv / 1000
         i = current_ma / 1000
         vmax = v if max_mv is None else max_mv / 1000
-        self.updates += 1
         if dq_mas > 0:
             self.q_in_mas += dq_mas
         else:
@@ -404,7 +395,6 @@ class SocEstimator:
             self.reset(0.5, _START_SIG)
             self.f1 = self.f2 = 0.0
             self._rls_reset()
-        self.last_event = ev
         return ev
 
     def _learn_r0(self, v, i):
